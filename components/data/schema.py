@@ -1,0 +1,90 @@
+"""The versioned shard schema, and the PNG coding of its image columns.
+
+One row per sample. Images are PNG bytes (lossless, so `hq` is exactly the target and
+`lq` exactly what the degradation produced); `mask` is an 8-bit grayscale PNG holding
+0 (known) or 255 (missing), so it can be looked at with any viewer. Bump SCHEMA_VERSION
+on any change a reader must know about; manifests record it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Field order matches DegradationParams, which fills it with `to_row()`.
+DEGRADATION_TYPE = pa.struct(
+    [
+        pa.field("kernel_size", pa.int32()),
+        pa.field("sigma_x", pa.float32()),
+        pa.field("sigma_y", pa.float32()),
+        pa.field("theta", pa.float32()),
+        pa.field("scale", pa.float32()),
+        pa.field("noise_sigma", pa.float32()),
+        pa.field("jpeg_quality", pa.int32()),
+    ]
+)
+DEGRADATION_FIELDS = tuple(field.name for field in DEGRADATION_TYPE)
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("hq", pa.binary(), nullable=False),
+        pa.field("lq", pa.binary(), nullable=False),
+        pa.field("mask", pa.binary(), nullable=False),
+        pa.field("edge", pa.binary()),
+        # Nullable: a real low-quality photo has no known degradation.
+        pa.field("degradation", DEGRADATION_TYPE),
+        pa.field("mask_ratio", pa.float32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ],
+    metadata={"facerestore.schema_version": str(SCHEMA_VERSION)},
+)
+
+# Columns holding PNG images, and how many channels each decodes to.
+IMAGE_CHANNELS = {"hq": 3, "lq": 3, "mask": 1, "edge": 1}
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 H x W x 3 image or a grayscale uint8 H x W image."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_png expects uint8, got {array.dtype} of shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    elif array.ndim != 2:
+        raise ValueError(f"encode_png expects H x W x 3 or H x W, got shape {array.shape}")
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an array of shape {array.shape}")
+    return encoded.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """RGB uint8 H x W x 3 for colour PNGs (alpha dropped), uint8 H x W for grayscale ones."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    if image is None:
+        raise ValueError(f"cannot decode PNG: {len(data)} bytes starting {bytes(data[:8])!r}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"decode_png expects an 8-bit PNG, got {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """PNG of a {0, 1} mask (1 = missing), stored as 0 / 255."""
+    return encode_png((mask > 0).astype(np.uint8) * 255)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """The {0, 1} uint8 mask (1 = missing) of a PNG written by `encode_mask`."""
+    image = decode_png(data)
+    if image.ndim != 2:
+        raise ValueError(f"mask PNG must be grayscale, got shape {image.shape}")
+    return (image > 127).astype(np.uint8)
