@@ -1,0 +1,171 @@
+"""The Method contract every model under components/models follows, and the base class it subclasses.
+
+A method owns only its maths: it builds its networks and optimisers from a typed config,
+does one training step (its own G/D alternation included), restores a batch and exports
+what inference needs. The one training loop (components/training) owns device placement,
+DDP, AMP and checkpoints.
+
+The training loop may replace entries of the dict `networks()` returns by their DDP wrappers
+(`method.nets["g"] = DistributedDataParallel(...)`), so a method reaches its networks
+through `self.nets[name]` at call time and never keeps a module reference of its own;
+`unwrapped(name)` gives the bare module for export and inference.
+
+Optimiser defaults: Adam with lr 2e-4 and betas (0.9, 0.99), BasicSR's defaults for its
+restoration networks (ESRGAN, EDVR and GFPGAN option files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.optim import Optimizer
+
+Upstream = Mapping[str, "str | Path"]
+
+
+class MethodConfig(BaseModel):
+    """Settings every method has; a method's own Config subclasses this and adds its keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {betas}")
+        return betas
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the training loop, the evaluate stage and inference code against (ARCHITECTURE.md, Contracts)."""
+
+    name: ClassVar[str]  # registry key in components.models.METHODS
+    inputs: ClassVar[tuple[str, ...]]  # shard columns it reads: ("hq", "lq", "mask")
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None: ...
+
+    def networks(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, Optimizer]: ...
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]: ...
+
+    def restore(self, batch: dict[str, Tensor]) -> Tensor: ...
+
+    def export(self) -> tuple[dict[str, Tensor], dict[str, Any]]: ...
+
+
+class MethodBase:
+    """Holds the config, the upstream model URIs, the live network dict and the optimisers.
+
+    A subclass sets `name`, `inputs` and `Config`, and implements `build_networks`,
+    `build_optimizers`, `training_step` and `restore`. `upstream` maps an earlier stage's
+    name to its model directory URI (a local path or `s3://...`; kept as given, never
+    turned into a Path). When a method is rebuilt from its export, `upstream` is empty:
+    the export holds every weight inference needs, upstream networks included.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None:
+        if not isinstance(cfg, self.Config):
+            raise TypeError(f"method '{self.name}' needs a {self.Config.__name__}, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.upstream: dict[str, str | Path] = dict(upstream or {})
+        self.nets: dict[str, nn.Module] = self.build_networks()
+        for net_name in self.nets:
+            if "." in net_name:
+                raise ValueError(f"network name '{net_name}' of method '{self.name}' must not contain '.'")
+        self.opts: dict[str, Optimizer] = self.build_optimizers()
+
+    # -- what a subclass provides ------------------------------------------------------
+    def build_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError(f"{type(self).__name__}.build_networks")
+
+    def build_optimizers(self) -> dict[str, Optimizer]:
+        raise NotImplementedError(f"{type(self).__name__}.build_optimizers")
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__}.training_step")
+
+    def restore(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__}.restore")
+
+    # -- the contract ------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        """The live dict: the training loop moves these and may replace entries by DDP wrappers."""
+        return self.nets
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return self.opts
+
+    def export(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """`{"<net>.<param>": tensor}` on CPU, each with its own storage (safetensors rejects shared
+        storage), plus the JSON config that `load_exported` rebuilds the method from."""
+        state = {}
+        for net_name in self.nets:
+            for key, value in self.unwrapped(net_name).state_dict().items():
+                state[f"{net_name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+        return state, {"method": self.name, "config": self.cfg.model_dump(mode="json")}
+
+    @classmethod
+    def load_exported(cls, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> MethodBase:
+        """The method rebuilt from `export()`, every network loaded strictly, in eval mode, on CPU."""
+        if config.get("method") != cls.name:
+            raise ValueError(f"config is for method '{config.get('method')}', not '{cls.name}'")
+        method = cls(cls.Config.model_validate(config.get("config", {})), upstream=None)
+        unclaimed = set(state)
+        for net_name in method.nets:
+            prefix = f"{net_name}."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            method.unwrapped(net_name).load_state_dict(own, strict=True)
+            unclaimed -= {prefix + k for k in own}
+        if unclaimed:
+            raise ValueError(f"exported state of '{cls.name}' has keys of no network: {sorted(unclaimed)[:5]}")
+        for net in method.nets.values():
+            net.eval()
+        return method
+
+    # -- helpers for subclasses --------------------------------------------------------
+    def unwrapped(self, net_name: str) -> nn.Module:
+        """The bare module under a DDP / DataParallel wrapper the training loop may have put on it."""
+        net = self.nets[net_name]
+        return net.module if isinstance(net, (DistributedDataParallel, DataParallel)) else net
+
+    def adam(self, net_name: str) -> torch.optim.Adam:
+        return torch.optim.Adam(self.nets[net_name].parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the first parameter of the first network lives (CPU for a method without parameters)."""
+        for net in self.nets.values():
+            for param in net.parameters():
+                return param.device
+        return torch.device("cpu")
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """No grad, every network in eval mode; each network's previous mode comes back afterwards."""
+        modes = {net_name: net.training for net_name, net in self.nets.items()}
+        try:
+            for net in self.nets.values():
+                net.eval()
+            with torch.no_grad():
+                yield
+        finally:
+            for net_name, training in modes.items():
+                self.nets[net_name].train(training)

@@ -1,0 +1,37 @@
+"""A model as users receive it: `model.safetensors` + `config.json`, loadable with no pickle."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from components import storage
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    storage.write_bytes_atomic(storage.join(uri, WEIGHTS), save_safetensors(tensors))
+    storage.write_json_atomic(storage.join(uri, CONFIG), config)
+
+
+def read_model_dir(uri: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    weights_uri, config_uri = storage.join(uri, WEIGHTS), storage.join(uri, CONFIG)
+    for path in (weights_uri, config_uri):
+        if not storage.exists(path):
+            raise FileNotFoundError(f"model directory {uri} has no {path.rpartition('/')[2]}")
+    config = json.loads(storage.read_bytes(config_uri))
+    return load_safetensors(storage.read_bytes(weights_uri)), config
+
+
+def load_model_dir(uri: str) -> Any:
+    """The method, networks loaded, ready for `restore`."""
+    from components.models import load_method
+
+    state, config = read_model_dir(uri)
+    return load_method(state, config)

@@ -1,0 +1,50 @@
+"""Training checkpoints: networks + optimizers + step + RNG, written by us, loaded pickle-free.
+
+Saved with torch.save but only ever loaded with `weights_only=True`: the file holds tensors,
+numbers and strings, nothing that needs unpickling arbitrary classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.training.spec import CHECKPOINT_FILE
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module under a DistributedDataParallel wrapper."""
+    return getattr(module, "module", module)
+
+
+def capture(method: Any, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "nets": {name: unwrap(net).state_dict() for name, net in method.networks().items()},
+        "opts": {name: opt.state_dict() for name, opt in method.optimizers().items()},
+        "torch_rng": torch.get_rng_state(),
+        "metrics": dict(metrics),
+    }
+
+
+def save(state: dict[str, Any], directory: str | Path) -> Path:
+    path = Path(directory, CHECKPOINT_FILE)
+    torch.save(state, path)
+    return path
+
+
+def load(directory: str | Path) -> dict[str, Any]:
+    return torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def apply(method: Any, state: dict[str, Any]) -> int:
+    """Loads a checkpoint into a method whose networks are already on their device; returns the step."""
+    for name, net in method.networks().items():
+        unwrap(net).load_state_dict(state["nets"][name])
+    for name, opt in method.optimizers().items():
+        opt.load_state_dict(state["opts"][name])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])

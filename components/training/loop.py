@@ -1,0 +1,134 @@
+"""The one training loop (a Ray Train `train_func`): every method trains through it.
+
+It owns device placement, DDP wrapping of `method.networks()`, bf16 autocast on GPU,
+checkpoint save / resume (`ray.train.get_checkpoint()`), `ray.train.report`, MLflow
+metrics from rank 0 and live progress. A method owns only its maths (`training_step`).
+
+bf16 needs no gradient scaler (its exponent range is fp32's), so none is used; fp16 is not
+offered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from components.models import build_method
+from components.training import checkpoint
+from components.training.spec import TrainSpec
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    spec: TrainSpec = config["spec"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(spec.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+    method = build_method(spec.method, spec.method_config, spec.upstream)
+    place_networks(method, device)
+    start = resume(method)
+    wrap_for_ddp(method, device, world)
+    logger = MetricLogger(spec) if rank == 0 else None
+    if logger and start:
+        logger.progress(start, {}, resumed_from=start)
+    batches = endless_batches(ray.train.get_dataset_shard("train"), spec, device)
+    metrics: dict[str, float] = {}
+    step = start
+    while step < spec.steps:
+        batch, epoch = next(batches)
+        step += 1
+        with autocast(device):
+            metrics = method.training_step(batch, step)
+        if logger and (step % spec.log_every == 0 or step == spec.steps):
+            logger.log(step, metrics, epoch=epoch, resumed_from=start)
+        if step % spec.checkpoint_every == 0 or step == spec.steps:
+            report(method, step, metrics, start, rank)
+    if step == start:  # resumed after the last step: hand the final checkpoint back again
+        report(method, step, metrics, start, rank)
+
+
+def place_networks(method: Any, device: torch.device) -> None:
+    for net in method.networks().values():
+        net.to(device)
+
+
+def resume(method: Any) -> int:
+    saved = ray.train.get_checkpoint()
+    if saved is None:
+        return 0
+    with saved.as_directory() as directory:
+        return checkpoint.apply(method, checkpoint.load(directory))
+
+
+def wrap_for_ddp(method: Any, device: torch.device, world: int) -> None:
+    """Replaces each trainable network by its DDP wrapper in the method's live dict."""
+    if world < 2:
+        return
+    nets = method.networks()
+    for name, net in list(nets.items()):
+        if any(p.requires_grad for p in net.parameters()):
+            ids = [device.index] if device.type == "cuda" else None
+            nets[name] = DistributedDataParallel(net, device_ids=ids)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def endless_batches(shard: Any, spec: TrainSpec, device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    """Epoch after epoch of this worker's shard; a fresh local shuffle each epoch."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=spec.batch_size, drop_last=True, device=device,
+                                              local_shuffle_buffer_size=spec.shuffle_buffer,
+                                              local_shuffle_seed=spec.seed + epoch):
+            empty = False
+            yield batch, epoch
+        if empty:
+            raise ValueError(f"the training split yields no batch of {spec.batch_size} on this worker: "
+                             "lower batch_size or synthesize more samples")
+        epoch += 1
+
+
+def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: int) -> None:
+    """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint."""
+    values = {**metrics, "step": step, "resumed_from": start}
+    with tempfile.TemporaryDirectory() as directory:
+        saved = None
+        if rank == 0:
+            checkpoint.save(checkpoint.capture(method, step, metrics), directory)
+            saved = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(values, checkpoint=saved)
+
+
+class MetricLogger:
+    """Rank 0's per-step MLflow metrics and live progress."""
+
+    def __init__(self, spec: TrainSpec):
+        self.spec = spec
+        self.client = None
+        if spec.tracking_uri and spec.mlflow_run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(spec.tracking_uri)
+
+    def log(self, step: int, metrics: dict[str, float], **extra: Any) -> None:
+        if self.client is not None:
+            from components.tracking.runs import log_metrics
+
+            log_metrics(self.client, self.spec.mlflow_run_id, metrics, step=step)
+        self.progress(step, metrics, **extra)
+
+    def progress(self, step: int, metrics: dict[str, float], **extra: Any) -> None:
+        if self.spec.progress is not None:
+            self.spec.progress.update(done=step, total=self.spec.steps, unit="steps", **metrics, **extra)

@@ -1,0 +1,138 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from components.models import METHODS, UnknownMethodError, build_method, load_method, method_class
+from components.models.base import Method
+from components.models.baseline import Baseline, BaselineUNet
+from components.models.inputs import model_input
+
+TINY = {"width": 8, "depth": 2}
+
+
+def make_batch(n=2, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    hq = torch.rand(n, 3, size, size, generator=generator)
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, size // 4: size // 2, size // 4: size // 2] = 1.0
+    lq = (hq + 0.1 * torch.randn(hq.shape, generator=generator)).clamp(0, 1) * (1 - mask)
+    return {"hq": hq, "lq": lq, "mask": mask}
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_unet_maps_4_channels_to_3_at_the_input_size_and_backpropagates(size):
+    net = BaselineUNet(width=8, depth=3)
+    x = torch.rand(2, 4, size, size, requires_grad=True)
+    out = net(x)
+    assert out.shape == (2, 3, size, size)
+    out.mean().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_unet_rejects_a_size_not_divisible_by_2_to_the_depth():
+    with pytest.raises(ValueError, match="divisible by 8"):
+        BaselineUNet(width=8, depth=3)(torch.rand(1, 4, 36, 36))
+
+
+def test_one_training_step_gives_every_parameter_a_gradient():
+    method = build_method("baseline", TINY)
+    metrics = method.training_step(make_batch(), step=1)
+    assert set(metrics) == {"loss", "l1"} and all(isinstance(v, float) for v in metrics.values())
+    for name, param in method.networks()["g"].named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_loss_falls_on_a_fixed_batch_within_30_steps():
+    torch.manual_seed(0)
+    method = build_method("baseline", {**TINY, "lr": 1e-3})
+    batch = make_batch()
+    losses = [method.training_step(batch, step)["loss"] for step in range(1, 31)]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_restore_is_the_clamped_network_output_without_compositing():
+    torch.manual_seed(0)
+    method = build_method("baseline", TINY)
+    batch = make_batch()
+    restored = method.restore(batch)
+    assert restored.shape == (2, 3, 32, 32)
+    assert restored.min() >= 0.0 and restored.max() <= 1.0
+    with torch.no_grad():
+        expected = method.networks()["g"](model_input(batch)).clamp(0, 1)
+    assert torch.equal(restored, expected)
+    known = (batch["mask"] == 0).expand_as(restored)
+    assert not torch.equal(restored[known], batch["lq"][known])
+
+
+def test_restore_leaves_networks_in_training_mode_and_builds_no_graph():
+    method = build_method("baseline", TINY)
+    restored = method.restore(make_batch())
+    assert method.networks()["g"].training
+    assert not restored.requires_grad
+
+
+def test_export_then_load_method_restores_identically():
+    torch.manual_seed(0)
+    method = build_method("baseline", TINY)
+    batch = make_batch()
+    for step in range(1, 3):
+        method.training_step(batch, step)
+    state, config = method.export()
+    assert config == {"method": "baseline", "config": {"lr": 2e-4, "betas": [0.9, 0.99], **TINY}}
+    assert all(key.startswith("g.") for key in state)
+    loaded = load_method(state, config)
+    assert isinstance(loaded, Baseline)
+    assert torch.equal(loaded.restore(batch), method.restore(batch))
+
+
+def test_load_method_rejects_a_state_missing_a_weight():
+    state, config = build_method("baseline", TINY).export()
+    state.pop(next(iter(state)))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_method(state, config)
+
+
+def test_networks_are_reached_through_the_live_dict_so_a_wrapper_swapped_in_is_used():
+    method = build_method("baseline", TINY)
+    inner = method.networks()["g"]
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.module(x)
+
+    wrapper = Wrapper(inner)
+    method.networks()["g"] = wrapper
+    method.training_step(make_batch(), step=1)
+    assert wrapper.calls == 1
+
+
+def test_baseline_satisfies_the_method_protocol():
+    assert isinstance(build_method("baseline", TINY), Method)
+    assert method_class("baseline").inputs == ("hq", "lq", "mask")
+
+
+def test_registry_names_the_unknown_method_and_lists_known_ones():
+    with pytest.raises(UnknownMethodError) as info:
+        method_class("nope")
+    assert "nope" in str(info.value) and all(name in str(info.value) for name in METHODS)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+
+
+def test_build_method_rejects_an_unknown_setting_with_pydantics_error():
+    with pytest.raises(ValidationError, match="widht"):
+        build_method("baseline", {"widht": 8})
+
+
+def test_importing_the_registry_does_not_import_torch():
+    code = "import sys, components.models; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
