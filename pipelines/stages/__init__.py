@@ -1,0 +1,24 @@
+"""Stage kinds: one module each, imported only when a config uses it.
+
+A stage module provides `Config` (a pydantic model of its config section), `CODE_VERSION`
+(bump it when the stage's output for the same config changes) and
+`run(ctx, cfg, inputs) -> StageOutput`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STAGE_KINDS: dict[str, str] = {
+    "synthesize": "pipelines.stages.synthesize",
+    "train": "pipelines.stages.train",
+    "evaluate": "pipelines.stages.evaluate",
+    "register": "pipelines.stages.register",
+}
+
+
+def stage_module(kind: str) -> ModuleType:
+    if kind not in STAGE_KINDS:
+        raise KeyError(f"unknown stage kind '{kind}' (known: {', '.join(STAGE_KINDS)})")
+    return importlib.import_module(STAGE_KINDS[kind])

@@ -1,0 +1,113 @@
+"""The `facerestore` command. Heavy imports (Ray, torch, MLflow) happen inside commands so
+that `facerestore --help` answers at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Train and serve face restoration models as a Ray + MLflow pipeline.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/configs/demo.yaml")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a key: stage.key=value (repeatable)")]
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="run just this stage; its upstream must exist")]
+FromOpt = Annotated[Optional[str], typer.Option("--from", help="rerun this stage and everything downstream")]
+ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="rerun this stage (and downstream) even if cached")]
+StoreOpt = Annotated[str, typer.Option("--store", help="pipeline store (folder or URI)")]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as err:
+        console.print(f"[bold red]config error[/] in {config}: {err}")
+        raise typer.Exit(2) from None
+
+
+def _selection(only: str | None, start: str | None, force: list[str] | None):
+    from pipelines.dag import Selection
+
+    return Selection(only=only, start=start, force=tuple(force or ()))
+
+
+@app.command()
+def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
+         force: ForceOpt = None) -> None:
+    """Show each stage as cached / stale (and why) / missing, and what `run` would execute."""
+    from pipelines.dag import SelectionError
+    from pipelines.display import plan_table
+    from pipelines.runner import plan as make_plan
+
+    cfg = _load(config, set_)
+    try:
+        entries = make_plan(cfg, _selection(only, from_, force))
+    except SelectionError as err:
+        console.print(f"[bold red]cannot plan:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(plan_table(entries))
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
+        force: ForceOpt = None,
+        address: Annotated[Optional[str], typer.Option(help="Ray cluster address (else RAY_ADDRESS, else local)")] = None,
+        ) -> None:
+    """Run the pipeline: every stage that is not cached, in order."""
+    from pipelines.dag import SelectionError
+    from pipelines.display import summary_table
+    from pipelines.runner import Runner, StageFailed
+
+    cfg = _load(config, set_)
+    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console)
+    try:
+        record = runner.run()
+    except SelectionError as err:
+        console.print(f"[bold red]cannot run:[/] {err}")
+        raise typer.Exit(2) from None
+    except StageFailed as err:
+        console.print(f"[bold red]{err}[/]\nsee `facerestore status {err.run_id} --store {cfg.store}`")
+        raise typer.Exit(1) from None
+    console.print(summary_table(record))
+    if all(s["state"] == "cached" for s in record["stages"].values()):
+        console.print("every stage is cached: nothing ran")
+
+
+@app.command()
+def runs(store: StoreOpt = ".facerestore",
+         limit: Annotated[int, typer.Option(help="how many runs to list")] = 20) -> None:
+    """List pipeline runs, newest first."""
+    from pipelines.display import runs_table
+    from pipelines.store import Store
+
+    console.print(runs_table(Store(store).list_runs()[:limit]))
+
+
+@app.command()
+def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `facerestore runs`)")],
+           store: StoreOpt = ".facerestore") -> None:
+    """Each stage of one run: state, duration, fingerprint, key metrics, MLflow run id."""
+    from pipelines.display import summary_table
+    from pipelines.store import Store
+
+    try:
+        record = Store(store).load_run(run_id)
+    except FileNotFoundError as err:
+        console.print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+    console.print(summary_table(record))
+    for name, info in record["stages"].items():
+        if info.get("error"):
+            console.print(f"[red]{name}: {info['error']}[/]")
+    if record.get("mlflow_run_id"):
+        console.print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
+
+
+if __name__ == "__main__":
+    app()

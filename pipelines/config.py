@@ -1,0 +1,170 @@
+"""Pipeline YAML + dotted `--set` overrides -> a validated, typed config.
+
+A recipe states only what differs from the defaults the typed models declare. Errors name
+the offending key by its full dotted path, and for an unknown key list the allowed ones.
+
+Layout of a pipeline YAML::
+
+    name: demo
+    store: .facerestore          # local folder or any pyarrow.fs URI
+    ray: {num_cpus: 4}           # ignored when joining a cluster (RAY_ADDRESS / --address)
+    tracking: {uri: null}        # null: SQLite file in the store; else MLFLOW_TRACKING_URI wins
+    stages:
+      synthesize: {count: 96}    # `kind` defaults to the stage's name
+      train_baseline: {kind: train, needs: [synthesize], method: baseline}
+
+`--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.stages import STAGE_KINDS, stage_module
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RayOptions(Strict):
+    address: str | None = None
+    # Logical CPUs for a local Ray: more than the cores so that two train workers
+    # holding a CPU each leave room for Ray Data's read tasks (2-core machines hang otherwise).
+    num_cpus: int | None = 4
+
+
+class TrackingOptions(Strict):
+    uri: str | None = None
+    experiment: str = "facerestore"
+
+
+class StageSection(Strict):
+    kind: str
+    needs: tuple[str, ...] = ()
+    config: Any  # the stage kind's own pydantic model
+
+
+class PipelineConfig(Strict):
+    name: str
+    store: str = ".facerestore"
+    ray: RayOptions = Field(default_factory=RayOptions)
+    tracking: TrackingOptions = Field(default_factory=TrackingOptions)
+    stages: dict[str, StageSection]
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    return parse_config(raw, source=str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        path = key.split(".")
+        if path[0] in (raw.get("stages") or {}):
+            path = ["stages", *path]
+        set_dotted(raw, path, yaml.safe_load(text) if text else "")
+    return raw
+
+
+def set_dotted(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{'.'.join(path)}': '{'.'.join(path[: i + 1])}' is not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
+    raw = dict(raw)
+    stages_raw = raw.pop("stages", None)
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> settings")
+    stages = {name: parse_stage(name, body or {}) for name, body in stages_raw.items()}
+    try:
+        return PipelineConfig.model_validate({**raw, "stages": stages})
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, PipelineConfig, prefix="")) from None
+
+
+def parse_stage(name: str, body: dict) -> StageSection:
+    if not isinstance(body, dict):
+        raise ConfigError(f"stages.{name} must be a mapping, got {body!r}")
+    body = dict(body)
+    kind = body.pop("kind", name)
+    needs = body.pop("needs", [])
+    if kind not in STAGE_KINDS:
+        raise ConfigError(f"stages.{name}.kind: unknown stage kind '{kind}' (allowed: {', '.join(STAGE_KINDS)})")
+    if isinstance(needs, str):
+        needs = [needs]
+    model = stage_module(kind).Config
+    try:
+        config = model.model_validate(body)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, model, prefix=f"stages.{name}.")) from None
+    return StageSection(kind=kind, needs=tuple(needs), config=config)
+
+
+def describe_errors(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = [str(part) for part in item["loc"]]
+        key = prefix + ".".join(loc)
+        if item["type"] == "extra_forbidden":
+            allowed = allowed_keys(model, loc[:-1])
+            lines.append(f"unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+        else:
+            lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names at `path` inside `model`, following nested pydantic models."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def resolved_section(section: StageSection) -> dict:
+    """The JSON form of a stage's config that fingerprints and MLflow params are made of."""
+    return section.config.model_dump(mode="json")
+
+
+def resolved_config(cfg: PipelineConfig) -> dict:
+    return {
+        **cfg.model_dump(mode="json", exclude={"stages"}),
+        "stages": {
+            name: {"kind": s.kind, "needs": list(s.needs), **resolved_section(s)}
+            for name, s in cfg.stages.items()
+        },
+    }

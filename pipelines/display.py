@@ -1,0 +1,121 @@
+"""The terminal: the live per-stage view while a pipeline runs, and the tables after."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from pipelines.dag import PlanEntry
+
+STATE_STYLE = {"cached": "green", "finished": "bold green", "running": "yellow", "pending": "dim",
+               "failed": "bold red", "stale": "yellow", "missing": "cyan", "skipped": "dim", "interrupted": "red"}
+KEY_METRICS = ("psnr", "ssim", "l1", "input_psnr", "loss", "samples", "step")
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def progress_text(fields: dict[str, Any]) -> str:
+    done, total, unit = fields.get("done"), fields.get("total"), fields.get("unit", "")
+    if done is None:
+        return ""
+    if not total:
+        return f"{done} {unit}"
+    filled = int(20 * min(done / total, 1.0))
+    return f"{'█' * filled}{'░' * (20 - filled)} {done}/{total} {unit}"
+
+
+def detail_text(fields: dict[str, Any]) -> str:
+    parts = [f"{key} {fields[key]:.4g}" if isinstance(fields[key], float) else f"{key} {fields[key]}"
+             for key in ("loss", "epoch", "resumed_from", "skipped", "message") if key in fields]
+    return "  ".join(parts)
+
+
+def live_table(record: dict[str, Any], progress: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title=f"pipeline run {record['run_id']} ({record['config_name']})", expand=False)
+    for column in ("stage", "state", "progress", "detail"):
+        table.add_column(column)
+    for name, info in record["stages"].items():
+        fields = progress.get(name, {})
+        table.add_row(name, styled(info["state"]), progress_text(fields), detail_text(fields))
+    return table
+
+
+class LiveView:
+    """Polls the progress board twice a second and redraws; stops with the pipeline."""
+
+    def __init__(self, console: Console, record: dict[str, Any], board: Any):
+        self.console, self.record, self.board = console, record, board
+        self.progress: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._live = Live(console=console, refresh_per_second=4, transient=False)
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "LiveView":
+        self._live.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._refresh()
+        self._live.__exit__(*exc)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        import ray
+
+        try:
+            self.progress = ray.get(self.board.snapshot.remote(), timeout=2)
+        except Exception:  # noqa: BLE001 - a missed refresh must never stop the pipeline
+            pass
+        self._live.update(live_table(self.record, self.progress))
+
+
+def format_metrics(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return ""
+    keys = [k for k in KEY_METRICS if k in metrics] or sorted(metrics)[:4]
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)
+
+
+def summary_table(record: dict[str, Any]) -> Table:
+    table = Table(title=f"pipeline run {record['run_id']}: {record['state']}")
+    for column in ("stage", "state", "duration", "fingerprint", "key metrics", "mlflow run"):
+        table.add_column(column)
+    for name, info in record["stages"].items():
+        duration = f"{info['duration_s']:.1f}s" if "duration_s" in info else ""
+        table.add_row(name, styled(info["state"]), duration, info["fingerprint"][:12],
+                      format_metrics(info.get("metrics")), (info.get("mlflow_run_id") or "")[:12])
+    return table
+
+
+def plan_table(entries: list[PlanEntry]) -> Table:
+    table = Table(title="plan")
+    for column in ("stage", "kind", "state", "runs", "fingerprint", "why"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.stage.name, e.stage.kind, styled(e.state.value), "yes" if e.will_run else "no",
+                      e.fingerprint[:12], "\n".join(e.reasons))
+    return table
+
+
+def runs_table(runs: list[dict[str, Any]]) -> Table:
+    table = Table(title="pipeline runs")
+    for column in ("run id", "config", "started", "state", "ran", "cached"):
+        table.add_column(column)
+    for run in runs:
+        states = [s["state"] for s in run["stages"].values()]
+        table.add_row(run["run_id"], run["config_name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"])),
+                      styled(run["state"]), str(states.count("finished")), str(states.count("cached")))
+    return table

@@ -1,0 +1,97 @@
+"""train: one method trained by the one training loop on Ray Train, exported as safetensors.
+
+The Ray Train run is named `<stage>-<fingerprint>` under `<store>/ray_train`, so rerunning
+a crashed stage resumes from its latest checkpoint; a forced rerun deletes it first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.context import StageContext, StageOutput
+
+CODE_VERSION = "1"
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "baseline"
+    lr: float = Field(2e-4, gt=0)
+    steps: int = Field(300, gt=0)
+    batch_size: int = Field(8, gt=0)
+    workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    checkpoint_every: int = Field(50, gt=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    model: dict[str, Any] = Field(default_factory=dict, description="the method's own settings")
+
+    @model_validator(mode="after")
+    def _method_accepts_settings(self) -> "Config":
+        from components.models import method_class
+
+        try:
+            method_class(self.method).Config.model_validate({"lr": self.lr, **self.model})
+        except (KeyError, ValueError) as err:
+            if isinstance(err, ValidationError):
+                keys = ", ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(f"method '{self.method}' rejects {keys}") from None
+            raise ValueError(str(err)) from None
+        return self
+
+    def method_config(self) -> dict[str, Any]:
+        return {"lr": self.lr, **self.model}
+
+
+def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
+    from components import storage
+    from components.data.ray_dataset import shard_dataset
+    from components.models import method_class
+    from components.models.files import save_model_dir
+    from components.training.spec import TrainSpec
+    from components.training.trainer import Placement, fit
+    from pipelines.stages.inputs import one_of_kind, shard_uris
+
+    method = method_class(cfg.method)
+    shards = one_of_kind(inputs, "shards", ctx.stage)
+    dataset = shard_dataset(shard_uris(shards), "train", method.inputs)
+    upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
+    spec = TrainSpec(method=cfg.method, method_config=cfg.method_config(), steps=cfg.steps,
+                     batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                     seed=cfg.seed, upstream=upstream, tracking_uri=ctx.tracking_uri,
+                     mlflow_run_id=ctx.mlflow_run_id, progress=ctx.progress)
+    storage_path = storage.join(ctx.store_uri, "ray_train")
+    run_name = f"{ctx.stage}-{ctx.fingerprint}"
+    if ctx.forced:
+        storage.remove_tree(storage.join(storage_path, run_name))
+    result = fit(spec, dataset, storage_path, run_name,
+                 Placement(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu))
+    trained = rebuild(cfg, result.state, upstream)
+    state, model_config = trained.export()
+    save_model_dir(ctx.output_uri, state, model_config)
+    losses = {k: float(v) for k, v in result.state["metrics"].items()}
+    return StageOutput(
+        artifact="model",
+        count=int(result.state["step"]),
+        metrics={**losses, "step": int(result.state["step"]), "resumed_from": int(result.metrics.get("resumed_from", 0))},
+        details={"method": cfg.method, "parameters": count_parameters(trained), "ray_train_run": run_name,
+                 "ray_train_storage": storage_path, "resumed_from": int(result.metrics.get("resumed_from", 0))},
+    )
+
+
+def rebuild(cfg: Config, state: dict[str, Any], upstream: dict[str, str]) -> Any:
+    """The trained method on CPU, from the final checkpoint."""
+    from components.models import build_method
+
+    method = build_method(cfg.method, cfg.method_config(), upstream)
+    for name, net in method.networks().items():
+        net.load_state_dict(state["nets"][name])
+    return method
+
+
+def count_parameters(method: Any) -> dict[str, int]:
+    return {name: sum(p.numel() for p in net.parameters()) for name, net in method.networks().items()}
