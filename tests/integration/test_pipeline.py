@@ -1,0 +1,172 @@
+"""The spine at tiny size on the shared local Ray with a real SQLite MLflow."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from pipelines.config import load_config
+from pipelines.dag import Selection, SelectionError, State
+from pipelines.runner import Runner, plan
+from pipelines.store import Store
+from tests.integration.tiny import write_tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def run(config, overrides=(), selection=Selection()):
+    out = io.StringIO()
+    record = Runner(load_config(config, list(overrides)), selection, console=Console(file=out, width=200)).run()
+    return record, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ray_address):
+    directory = tmp_path_factory.mktemp("pipeline")
+    config = write_tiny_config(directory)
+    record, screen = run(config)
+    return config, record, screen
+
+
+def mlflow_client(record):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(record["tracking_uri"])
+
+
+def test_demo_pipeline_runs_every_stage_and_beats_the_degraded_input(first_run):
+    config, record, _ = first_run
+    assert record["state"] == "finished"
+    assert [s["state"] for s in record["stages"].values()] == ["finished"] * 4
+    scores = record["stages"]["evaluate"]["metrics"]
+    assert scores["train_baseline/psnr"] > scores["input/psnr"]
+    assert scores["train_baseline/l1"] < scores["input/l1"]
+    assert record["tracking_uri"].startswith("sqlite:///") and str(Store(load_config(config).store).uri) in record["tracking_uri"]
+
+
+def test_training_used_two_ddp_workers_reading_the_train_split(first_run):
+    config, record, _ = first_run
+    store = Store(load_config(config).store)
+    train = store.artifact("train_baseline", record["stages"]["train_baseline"]["fingerprint"])
+    shards = store.artifact("synthesize", record["stages"]["synthesize"]["fingerprint"])
+    assert train.manifest["details"]["resumed_from"] == 0
+    assert train.manifest["count"] == 60
+    assert set(shards.manifest["details"]["splits"]) == {"train", "val", "test"}
+    assert (Path(train.uri) / "model.safetensors").exists() and (Path(train.uri) / "config.json").exists()
+
+
+def test_live_view_showed_samples_and_training_steps(first_run):
+    _, _, screen = first_run
+    assert "320/320 samples" in screen
+    assert "60/60 steps" in screen and "loss" in screen
+
+
+def test_mlflow_has_a_parent_run_with_a_child_per_stage_params_metrics_and_artifacts(first_run):
+    _, record, _ = first_run
+    client = mlflow_client(record)
+    parent = client.get_run(record["mlflow_run_id"])
+    assert parent.data.params["stages.train_baseline.lr"] == "0.001"
+    children = {r.data.tags["facerestore.stage"]: r for r in client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert set(children) == {"synthesize", "train_baseline", "evaluate", "register"}
+    train = children["train_baseline"]
+    assert train.data.params["method"] == "baseline"
+    history = client.get_metric_history(train.info.run_id, "loss")
+    assert len(history) >= 5 and history[-1].step == 60
+    assert history[-1].value < history[0].value
+    artifacts = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id)}
+    assert {"manifest.json", "grid.png"} <= artifacts
+    assert "manifest.json" in {a.path for a in client.list_artifacts(children["synthesize"].info.run_id)}
+
+
+def test_register_sets_candidate_and_champion_on_the_first_version(first_run):
+    _, record, _ = first_run
+    client = mlflow_client(record)
+    assert client.get_model_version_by_alias("facerestore-baseline", "candidate").version == "1"
+    assert client.get_model_version_by_alias("facerestore-baseline", "champion").version == "1"
+
+
+def test_second_run_of_the_same_config_runs_no_stage(first_run):
+    config, _, _ = first_run
+    record, _ = run(config)
+    assert {s["state"] for s in record["stages"].values()} == {"cached"}
+
+
+def test_set_lr_makes_train_and_downstream_stale_naming_the_key(first_run):
+    config, _, _ = first_run
+    entries = {e.stage.name: e for e in plan(load_config(config, ["train_baseline.lr=2e-4"]))}
+    assert entries["synthesize"].state is State.CACHED and not entries["synthesize"].will_run
+    assert entries["train_baseline"].state is State.STALE
+    assert "config key 'train_baseline.lr' changed: 0.001 -> 0.0002" in entries["train_baseline"].reasons
+    assert all(entries[n].will_run for n in ("train_baseline", "evaluate", "register"))
+
+
+def test_only_with_a_never_produced_upstream_fails_naming_it(tmp_path, ray_address):
+    config = write_tiny_config(tmp_path)
+    with pytest.raises(SelectionError, match="needs 'synthesize'"):
+        plan(load_config(config), Selection(only="train_baseline"))
+
+
+def test_runs_and_status_commands_show_each_stage(first_run):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    config, record, _ = first_run
+    store = load_config(config).store
+    listing = CliRunner().invoke(app, ["runs", "--store", store], terminal_width=200)
+    assert listing.exit_code == 0 and record["run_id"] in listing.output
+    shown = CliRunner().invoke(app, ["status", record["run_id"], "--store", store], terminal_width=250)
+    assert shown.exit_code == 0
+    for name, info in record["stages"].items():
+        assert name in shown.output and info["fingerprint"][:12] in shown.output
+    assert record["stages"]["train_baseline"]["mlflow_run_id"][:12] in shown.output
+    assert "psnr" in shown.output
+
+
+def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subprocess_env):
+    config, _, _ = first_run
+    overrides = ["--set", "train_baseline.steps=400", "--set", "train_baseline.checkpoint_every=20"]
+    store = Store(load_config(config).store)
+    resumed_cfg = load_config(config, [o for o in overrides if o != "--set"])
+    fingerprint = {e.stage.name: e.fingerprint for e in plan(resumed_cfg)}["train_baseline"]
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config), *overrides],
+                              env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        checkpoint_step = wait_for_checkpoint(store, f"train_baseline-{fingerprint}", minimum_step=40, timeout=300)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    record, _ = run(config, [o for o in overrides if o != "--set"])
+    train = record["stages"]["train_baseline"]
+    assert record["stages"]["synthesize"]["state"] == "cached"
+    assert train["state"] == "finished"
+    assert train["metrics"]["resumed_from"] >= checkpoint_step >= 40
+    assert train["metrics"]["step"] == 400
+
+
+def wait_for_checkpoint(store: Store, run_name: str, minimum_step: int, timeout: float) -> int:
+    """The step of a checkpoint Ray Train has written, once one at `minimum_step` or later exists."""
+    import torch
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in Path(store.train_storage(), run_name).glob("checkpoint_*/checkpoint.pt"):
+            try:
+                step = torch.load(path, weights_only=True)["step"]
+            except (RuntimeError, EOFError, OSError):
+                continue  # still being written
+            if step >= minimum_step:
+                return step
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint at step >= {minimum_step} within {timeout}s in {store.train_storage()}")
