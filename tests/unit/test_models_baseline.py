@@ -3,22 +3,25 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from components.models import METHODS, UnknownMethodError, build_method, load_method, method_class
 from components.models.base import Method
 from components.models.baseline import Baseline, BaselineUNet
-from components.models.inputs import model_input
+from components.models.inputs import fill_holes, model_input
 
 TINY = {"width": 8, "depth": 2}
 
 
-def make_batch(n=2, size=32, seed=0):
+def make_batch(n=2, size=32, seed=0, noise=0.02):
+    """Smooth targets (a 4x4 grid upsampled) with a square hole: a hole a network can learn to fill."""
     generator = torch.Generator().manual_seed(seed)
-    hq = torch.rand(n, 3, size, size, generator=generator)
+    hq = F.interpolate(torch.rand(n, 3, 4, 4, generator=generator), size=(size, size), mode="bilinear",
+                       align_corners=False)
     mask = torch.zeros(n, 1, size, size)
     mask[:, :, size // 4: size // 2, size // 4: size // 2] = 1.0
-    lq = (hq + 0.1 * torch.randn(hq.shape, generator=generator)).clamp(0, 1) * (1 - mask)
+    lq = (hq + noise * torch.randn(hq.shape, generator=generator)).clamp(0, 1) * (1 - mask)
     return {"hq": hq, "lq": lq, "mask": mask}
 
 
@@ -37,26 +40,37 @@ def test_unet_rejects_a_size_not_divisible_by_2_to_the_depth():
         BaselineUNet(width=8, depth=3)(torch.rand(1, 4, 36, 36))
 
 
-def test_one_training_step_gives_every_parameter_a_gradient():
+def test_an_untrained_network_returns_the_hole_filled_input_exactly():
+    batch = make_batch()
+    with torch.no_grad():
+        out = BaselineUNet(width=8, depth=2)(model_input(batch))
+    assert torch.equal(out, fill_holes(batch["lq"], batch["mask"]))
+
+
+def test_training_steps_give_every_parameter_a_gradient():
     method = build_method("baseline", TINY)
     metrics = method.training_step(make_batch(), step=1)
     assert set(metrics) == {"loss", "l1"} and all(isinstance(v, float) for v in metrics.values())
+    # The zero-initialised output conv passes no gradient back on the first step; from the second on, all learn.
+    method.training_step(make_batch(seed=1), step=2)
     for name, param in method.networks()["g"].named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_loss_falls_on_a_fixed_batch_within_30_steps():
+def test_loss_falls_on_a_fixed_batch_within_60_steps():
     torch.manual_seed(0)
-    method = build_method("baseline", {**TINY, "lr": 1e-3})
+    method = build_method("baseline", {**TINY, "lr": 2e-3})
     batch = make_batch()
-    losses = [method.training_step(batch, step)["loss"] for step in range(1, 31)]
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    losses = [method.training_step(batch, step)["loss"] for step in range(1, 61)]
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5
 
 
 def test_restore_is_the_clamped_network_output_without_compositing():
     torch.manual_seed(0)
     method = build_method("baseline", TINY)
     batch = make_batch()
+    for step in (1, 2, 3):
+        method.training_step(batch, step)
     restored = method.restore(batch)
     assert restored.shape == (2, 3, 32, 32)
     assert restored.min() >= 0.0 and restored.max() <= 1.0
