@@ -11,7 +11,12 @@ from rich.console import Console
 
 app = typer.Typer(help="Train and serve face restoration models as a Ray + MLflow pipeline.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-console = Console()
+
+
+def console() -> Console:
+    """A console per command, so it sizes itself to the terminal (or COLUMNS) of that call."""
+    return Console()
+
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/configs/demo.yaml")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a key: stage.key=value (repeatable)")]
@@ -27,7 +32,7 @@ def _load(config: Path, overrides: list[str] | None):
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        console.print(f"[bold red]config error[/] in {config}: {err}")
+        console().print(f"[bold red]config error[/] in {config}: {err}")
         raise typer.Exit(2) from None
 
 
@@ -49,9 +54,9 @@ def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fr
     try:
         entries = make_plan(cfg, _selection(only, from_, force))
     except SelectionError as err:
-        console.print(f"[bold red]cannot plan:[/] {err}")
+        console().print(f"[bold red]cannot plan:[/] {err}")
         raise typer.Exit(2) from None
-    console.print(plan_table(entries))
+    console().print(plan_table(entries))
 
 
 @app.command()
@@ -65,18 +70,18 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
     from pipelines.runner import Runner, StageFailed
 
     cfg = _load(config, set_)
-    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console)
+    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console())
     try:
         record = runner.run()
     except SelectionError as err:
-        console.print(f"[bold red]cannot run:[/] {err}")
+        console().print(f"[bold red]cannot run:[/] {err}")
         raise typer.Exit(2) from None
     except StageFailed as err:
-        console.print(f"[bold red]{err}[/]\nsee `facerestore status {err.run_id} --store {cfg.store}`")
+        console().print(f"[bold red]{err}[/]\nsee `facerestore status {err.run_id} --store {cfg.store}`")
         raise typer.Exit(1) from None
-    console.print(summary_table(record))
+    console().print(summary_table(record))
     if all(s["state"] == "cached" for s in record["stages"].values()):
-        console.print("every stage is cached: nothing ran")
+        console().print("every stage is cached: nothing ran")
 
 
 @app.command()
@@ -86,7 +91,7 @@ def runs(store: StoreOpt = ".facerestore",
     from pipelines.display import runs_table
     from pipelines.store import Store
 
-    console.print(runs_table(Store(store).list_runs()[:limit]))
+    console().print(runs_table(Store(store).list_runs()[:limit]))
 
 
 @app.command()
@@ -99,14 +104,14 @@ def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `fa
     try:
         record = Store(store).load_run(run_id)
     except FileNotFoundError as err:
-        console.print(f"[bold red]{err}[/]")
+        console().print(f"[bold red]{err}[/]")
         raise typer.Exit(2) from None
-    console.print(summary_table(record))
+    console().print(summary_table(record))
     for name, info in record["stages"].items():
         if info.get("error"):
-            console.print(f"[red]{name}: {info['error']}[/]")
+            console().print(f"[red]{name}: {info['error']}[/]")
     if record.get("mlflow_run_id"):
-        console.print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
+        console().print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
 
 
 if __name__ == "__main__":

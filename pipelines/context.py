@@ -52,3 +52,4 @@ class StageOutput:
     count: int  # samples written, steps trained, images scored, versions registered
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-able, goes into the manifest
+    step: int = 0  # the MLflow step `metrics` belong to: a training stage's last step, so its history ends there

@@ -4,7 +4,7 @@ Pure Python on purpose (no Ray, no MLflow, no filesystem): the runner hands in w
 store holds through a `StoreView`, so planning is cheap, testable and explains itself.
 
 A stage's fingerprint is the hash of (kind, code version, resolved config, upstream
-fingerprints). Its output lives at `<store>/<stage>/<fingerprint>/`; a stage is *cached*
+fingerprints). Its output lives at `<store>/stages/<stage>/<fingerprint>/`; a stage is *cached*
 when the manifest there is complete, *stale* when an earlier output of that stage exists
 under another fingerprint (the plan says which config key or upstream changed), and
 *missing* when the stage never produced anything.

@@ -67,6 +67,8 @@ class LiveView:
         self._thread.join(timeout=2)
         self._refresh()
         self._live.__exit__(*exc)
+        if not self.console.is_terminal:
+            self.console.line()  # off a terminal Live leaves its last frame without a newline
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -85,7 +87,9 @@ class LiveView:
 def format_metrics(metrics: dict[str, float] | None) -> str:
     if not metrics:
         return ""
-    keys = [k for k in KEY_METRICS if k in metrics] or sorted(metrics)[:4]
+    # Evaluation metrics are "<source>/<metric>": match on the metric part, sources side by side.
+    keys = [k for name in KEY_METRICS for k in sorted(metrics) if k.rsplit("/", 1)[-1] == name][:4]
+    keys = keys or sorted(metrics)[:4]
     return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)
 
 
@@ -112,7 +116,8 @@ def plan_table(entries: list[PlanEntry]) -> Table:
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     table = Table(title="pipeline runs")
-    for column in ("run id", "config", "started", "state", "ran", "cached"):
+    table.add_column("run id", no_wrap=True)  # users copy it into `facerestore status`
+    for column in ("config", "started", "state", "ran", "cached"):
         table.add_column(column)
     for run in runs:
         states = [s["state"] for s in run["stages"].values()]

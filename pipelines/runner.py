@@ -183,7 +183,7 @@ class Runner:
             "metrics": output.metrics, "details": output.details,
             "pipeline_run_id": record["run_id"], "mlflow_run_id": child_id})
         if output.metrics:
-            log_metrics(client, child_id, output.metrics)
+            log_metrics(client, child_id, output.metrics, step=output.step)
         _log_manifest(client, child_id, artifact)
         client.set_terminated(child_id, status="FINISHED")
         info.update(state="finished", finished_at=time.time(), metrics=output.metrics, count=output.count)

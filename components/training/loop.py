@@ -46,8 +46,10 @@ def train_loop(config: dict[str, Any]) -> None:
         step += 1
         with autocast(device):
             metrics = method.training_step(batch, step)
-        if logger and (step % spec.log_every == 0 or step == spec.steps):
-            logger.log(step, metrics, epoch=epoch, resumed_from=start)
+        if logger:
+            logger.add(metrics)
+            if step % spec.log_every == 0 or step == spec.steps:
+                logger.log(step, epoch=epoch, resumed_from=start)
         if step % spec.checkpoint_every == 0 or step == spec.steps:
             report(method, step, metrics, start, rank)
     if step == start:  # resumed after the last step: hand the final checkpoint back again
@@ -112,22 +114,35 @@ def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: 
 
 
 class MetricLogger:
-    """Rank 0's per-step MLflow metrics and live progress."""
+    """Rank 0's MLflow metrics and live progress, every `log_every` steps.
+
+    Each logged value is the mean over the steps since the last log (one minibatch's loss
+    is too noisy to read a trend from; Lightning's progress bar shows a running mean for the same reason).
+    """
 
     def __init__(self, spec: TrainSpec):
         self.spec = spec
+        self.sums: dict[str, float] = {}
+        self.count = 0
         self.client = None
         if spec.tracking_uri and spec.mlflow_run_id:
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(spec.tracking_uri)
 
-    def log(self, step: int, metrics: dict[str, float], **extra: Any) -> None:
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def log(self, step: int, **extra: Any) -> None:
+        means = {key: total / max(self.count, 1) for key, total in self.sums.items()}
+        self.sums, self.count = {}, 0
         if self.client is not None:
             from components.tracking.runs import log_metrics
 
-            log_metrics(self.client, self.spec.mlflow_run_id, metrics, step=step)
-        self.progress(step, metrics, **extra)
+            log_metrics(self.client, self.spec.mlflow_run_id, means, step=step)
+        self.progress(step, means, **extra)
 
     def progress(self, step: int, metrics: dict[str, float], **extra: Any) -> None:
         if self.spec.progress is not None:

@@ -77,6 +77,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     return StageOutput(
         artifact="model",
         count=int(result.state["step"]),
+        step=int(result.state["step"]),
         metrics={**losses, "step": int(result.state["step"]), "resumed_from": int(result.metrics.get("resumed_from", 0))},
         details={"method": cfg.method, "parameters": count_parameters(trained), "ray_train_run": run_name,
                  "ray_train_storage": storage_path, "resumed_from": int(result.metrics.get("resumed_from", 0))},
