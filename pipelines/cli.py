@@ -56,7 +56,22 @@ def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fr
     except SelectionError as err:
         console().print(f"[bold red]cannot plan:[/] {err}")
         raise typer.Exit(2) from None
-    console().print(plan_table(entries))
+    console().print(plan_table(entries, cached_notes(cfg, entries)))
+
+
+def cached_notes(cfg, entries) -> dict[str, str]:
+    """What a cached output reports about its inputs: a synthesize stage's skipped images."""
+    from pipelines.dag import State
+    from pipelines.store import Store
+
+    store, notes = Store(cfg.store), {}
+    for entry in entries:
+        if entry.state is State.CACHED:
+            manifest = store.manifest(entry.stage.name, entry.fingerprint) or {}
+            skipped = manifest.get("metrics", {}).get("skipped")
+            if skipped:
+                notes[entry.stage.name] = f"{int(skipped)} source images skipped (see its manifest)"
+    return notes
 
 
 @app.command()
@@ -112,6 +127,30 @@ def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `fa
             console().print(f"[red]{name}: {info['error']}[/]")
     if record.get("mlflow_run_id"):
         console().print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
+
+
+data_app = typer.Typer(help="Look at datasets: shards written by a synthesize stage.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[str, typer.Argument(help="a synthesize output folder, a folder of shards, or one .parquet")],
+    sheet: Annotated[str, typer.Option(help="contact sheet PNG to write (the store is left untouched)")]
+    = "contact_sheet.png",
+    samples: Annotated[int, typer.Option(help="random samples on the contact sheet")] = 8,
+    seed: Annotated[int, typer.Option(help="which random samples")] = 0,
+) -> None:
+    """Counts per split, skipped inputs, parameter histograms, and a contact sheet (HQ | LQ | mask | edge)."""
+    from components.data.inspect import inspect_dataset, render_report
+
+    try:
+        report = inspect_dataset(path, sheet, samples=samples, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+    for renderable in render_report(report):
+        console().print(renderable)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pipelines.dag import PlanEntry
 
 STATE_STYLE = {"cached": "green", "finished": "bold green", "running": "yellow", "pending": "dim",
                "failed": "bold red", "stale": "yellow", "missing": "cyan", "skipped": "dim", "interrupted": "red"}
-KEY_METRICS = ("psnr", "ssim", "l1", "input_psnr", "loss", "samples", "step")
+KEY_METRICS = ("psnr", "ssim", "l1", "input_psnr", "loss", "samples", "skipped", "step")
 
 
 def styled(state: str) -> str:
@@ -104,13 +104,16 @@ def summary_table(record: dict[str, Any]) -> Table:
     return table
 
 
-def plan_table(entries: list[PlanEntry]) -> Table:
+def plan_table(entries: list[PlanEntry], notes: dict[str, str] | None = None) -> Table:
+    """`notes`: what a cached output says about itself (e.g. how many inputs it skipped)."""
+    notes = notes or {}
     table = Table(title="plan")
     for column in ("stage", "kind", "state", "runs", "fingerprint", "why"):
         table.add_column(column)
     for e in entries:
+        why = [*e.reasons, *([notes[e.stage.name]] if e.stage.name in notes else [])]
         table.add_row(e.stage.name, e.stage.kind, styled(e.state.value), "yes" if e.will_run else "no",
-                      e.fingerprint[:12], "\n".join(e.reasons))
+                      e.fingerprint[:12], "\n".join(why))
     return table
 
 

@@ -1,4 +1,4 @@
-"""Inpainting masks: free-form strokes and boxes (1 = missing pixel).
+"""Inpainting masks: free-form strokes, boxes and face occluders (1 = missing pixel).
 
 Free-form strokes are random-walk polylines drawn with a round brush, as in DeepFill v2
 (Yu et al. 2019, Algorithm 1) and LaMa's irregular masks (Suvorov et al. 2022,
@@ -6,16 +6,20 @@ saicinpainting/training/data/masks.py `make_random_irregular_mask`). Stroke coun
 lengths and widths are LaMa's mask-generation settings at 256 px, scaled to the image:
 "thick" = configs/data_gen/random_thick_256.yaml (1-5 strokes, length < 200, width < 100),
 "thin" = random_thin_256.yaml (4-50 strokes, length < 40, width < 10). Boxes follow LaMa's
-`make_random_rectangle_mask` at 256 px: 1-4 boxes, sides 30-150, margin 10.
+`make_random_rectangle_mask` at 256 px: 1-4 boxes, sides 30-150, margin 10. Face occluders
+(surgical mask, sunglasses, hand) are placed from the sample's 5 landmarks
+(`occlusion_masks.py`). Each kind in `kinds` is drawn with equal probability.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from components.data.occlusion_masks import OCCLUSION_KINDS, occlusion_mask
 
 # LaMa's settings are in pixels of a 256 px image.
 _REFERENCE_SIZE = 256
@@ -30,17 +34,21 @@ _MAX_VERTICES = 5
 _ATTEMPTS = 32
 
 
+MaskKind = Literal["free_form", "box", "surgical_mask", "sunglasses", "hand"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
+
+
 class MaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kinds: list[Literal["free_form", "box"]] = ["free_form", "box"]
+    kinds: list[MaskKind] = ["free_form", "box"]
     max_ratio: float = 0.5
 
     @field_validator("kinds")
     @classmethod
     def _some_kind(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("kinds must name at least one mask kind: free_form or box")
+            raise ValueError(f"kinds must name at least one mask kind of {', '.join(MASK_KINDS)}")
         return value
 
     @field_validator("max_ratio")
@@ -51,19 +59,33 @@ class MaskConfig(BaseModel):
         return value
 
 
-def sample_mask(rng: np.random.Generator, size: int, cfg: MaskConfig) -> np.ndarray:
-    """A size x size uint8 mask of {0, 1}, 1 = missing, whose hole ratio is in (0, max_ratio].
+def sample_mask(rng: np.random.Generator, size: int, cfg: MaskConfig,
+                landmarks: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """A size x size uint8 mask of {0, 1}, 1 = missing, whose hole ratio is in (0, max_ratio], and its kind.
 
     Draws are repeated until the ratio fits, as LaMa's `hole_range`; if none fits within
-    a fixed number of attempts, one box of the largest allowed area is returned, so the
-    result stays a deterministic function of the rng.
+    a fixed number of attempts, one box of the largest allowed area is returned (kind "box"),
+    so the result stays a deterministic function of the rng. Occluder kinds need the
+    sample's (5, 2) `landmarks`.
     """
     for _ in range(_ATTEMPTS):
         kind = cfg.kinds[int(rng.integers(len(cfg.kinds)))]
-        mask = _draw_strokes(rng, size) if kind == "free_form" else _draw_boxes(rng, size)
+        mask = _draw(rng, size, kind, landmarks)
         if 0.0 < mask_ratio(mask) <= cfg.max_ratio:
-            return mask
-    return _fallback_box(rng, size, cfg.max_ratio)
+            return mask, kind
+    return _fallback_box(rng, size, cfg.max_ratio), "box"
+
+
+def _draw(rng: np.random.Generator, size: int, kind: str, landmarks: np.ndarray | None) -> np.ndarray:
+    if kind == "free_form":
+        return _draw_strokes(rng, size)
+    if kind == "box":
+        return _draw_boxes(rng, size)
+    if kind in OCCLUSION_KINDS:
+        if landmarks is None:
+            raise ValueError(f"mask kind '{kind}' is placed from landmarks, and none were given")
+        return occlusion_mask(rng, size, landmarks, kind)
+    raise ValueError(f"unknown mask kind '{kind}' (known: {', '.join(MASK_KINDS)})")
 
 
 def mask_ratio(mask: np.ndarray) -> float:

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mask_kind, mask_bucket, landmarks, lr, sr_factor
+LANDMARK_VALUES = 10  # 5 points (x, y): left eye, right eye, nose tip, left / right mouth corner
 
 # Field order matches DegradationParams, which fills it with `to_row()`.
 DEGRADATION_TYPE = pa.struct(
@@ -39,13 +40,22 @@ SHARD_SCHEMA = pa.schema(
         # Nullable: a real low-quality photo has no known degradation.
         pa.field("degradation", DEGRADATION_TYPE),
         pa.field("mask_ratio", pa.float32(), nullable=False),
+        pa.field("mask_kind", pa.string(), nullable=False),  # free_form, box, surgical_mask, sunglasses, hand
+        pa.field("mask_bucket", pa.string(), nullable=False),  # "10-20%": the reporting bucket of mask_ratio
+        # Pixel (x, y) of the 5 points: exact for procedural faces, the FFHQ alignment
+        # template for real aligned faces (whose points are not measured).
+        pa.field("landmarks", pa.list_(pa.float32(), LANDMARK_VALUES), nullable=False),
+        # Super-resolution input: `hq` shrunk by `sr_factor` (antialiased bicubic); null
+        # when the dataset was made without super-resolution pairs.
+        pa.field("lr", pa.binary()),
+        pa.field("sr_factor", pa.int32()),
         pa.field("source", pa.string(), nullable=False),
     ],
     metadata={"facerestore.schema_version": str(SCHEMA_VERSION)},
 )
 
 # Columns holding PNG images, and how many channels each decodes to.
-IMAGE_CHANNELS = {"hq": 3, "lq": 3, "mask": 1, "edge": 1}
+IMAGE_CHANNELS = {"hq": 3, "lq": 3, "lr": 3, "mask": 1, "edge": 1}
 
 
 def encode_png(array: np.ndarray) -> bytes:

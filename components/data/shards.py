@@ -3,12 +3,17 @@
 A shard is written to `<uri>.tmp-<random>` and renamed to `<uri>` only when complete, so
 a killed write never leaves a file at `<uri>` that looks whole; leftover temporary files
 do not end in `.parquet` and are never listed as shards.
+
+The source images a shard skipped (undecodable, too small, ...) are listed in the shard's
+own Parquet metadata, so the shard and its skips land together, atomically, and a rerun
+that finds the shard already written still knows what it skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +25,7 @@ from components.data.schema import SCHEMA_VERSION, SHARD_SCHEMA
 
 SHARD_SUFFIX = ".parquet"
 _VERSION_KEY = b"facerestore.schema_version"
+SKIPPED_KEY = b"facerestore.skipped"
 _CHUNK = 8 << 20
 
 
@@ -32,11 +38,15 @@ class ShardInfo:
     split_counts: dict[str, int]
     sha256: str
     bytes: int
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"id", "path", "reason"} per source image
 
 
-def write_shard(table: pa.Table, uri: str, row_group_size: int = 256) -> ShardInfo:
-    """Write `table` (cast to SHARD_SCHEMA) as Parquet at `uri`, atomically."""
+def write_shard(table: pa.Table, uri: str, row_group_size: int = 256,
+                skipped: list[dict[str, str]] | None = None) -> ShardInfo:
+    """Write `table` (cast to SHARD_SCHEMA) as Parquet at `uri`, atomically, with its skips."""
+    skipped = list(skipped or [])
     table = _conform(table, uri)
+    table = table.replace_schema_metadata({**table.schema.metadata, SKIPPED_KEY: json.dumps(skipped).encode()})
     buffer = _parquet_bytes(table, row_group_size)
     storage.write_bytes_atomic(uri, buffer.to_pybytes())
     return ShardInfo(
@@ -45,6 +55,7 @@ def write_shard(table: pa.Table, uri: str, row_group_size: int = 256) -> ShardIn
         split_counts=count_splits(table),
         sha256=hashlib.sha256(memoryview(buffer)).hexdigest(),
         bytes=buffer.size,
+        skipped=skipped,
     )
 
 
@@ -58,6 +69,7 @@ def describe_shard(uri: str) -> ShardInfo:
         split_counts=count_splits(splits),
         sha256=sha256,
         bytes=size,
+        skipped=json.loads((splits.schema.metadata or {}).get(SKIPPED_KEY, b"[]")),
     )
 
 

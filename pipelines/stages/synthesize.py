@@ -1,7 +1,13 @@
-"""synthesize: procedural faces -> degraded + masked pairs in Parquet shards (Ray tasks).
+"""synthesize: source faces -> degraded, masked (and SR, edge) samples in Parquet shards.
 
-One Ray task per shard. A shard that already exists is complete (written under a temporary
-name and renamed), so a rerun after a kill writes only the missing shards.
+The driver lists the source (cheap: names, no pixels) and cuts the list into shards; one
+Ray task per shard loads its images one at a time, degrades them, encodes and writes the
+shard. A task holds one shard in memory, and Ray runs as many tasks as there are CPUs, so
+memory stays bounded by a few shards whatever the dataset size.
+
+A shard that already exists is complete (written under a temporary name and renamed), so a
+rerun after a kill writes only the missing shards. A source image that cannot be used is
+skipped, and the shard records why in its own metadata; the manifest lists every skip.
 """
 
 from __future__ import annotations
@@ -9,62 +15,95 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
-from typing import Literal
+from typing import Any
 
 import ray
 from pydantic import Field
 
 from components.data.samples import SampleConfig
+from components.data.sources import ImageLimits, ProceduralSource, SourceConfig, SourceItem
 from pipelines.context import StageContext, StageOutput
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 
 class Config(SampleConfig):
-    source: Literal["procedural"] = "procedural"
-    count: int = Field(96, gt=0, description="samples to synthesize")
+    source: SourceConfig = Field(default_factory=lambda: ProceduralSource(count=96),
+                                 description="procedural (the default), folder, ffhq, celebahq or parquet")
+    limit: int | None = Field(None, gt=0, description="use only the first N source images (sorted by id)")
+    limits: ImageLimits = Field(default_factory=ImageLimits, description="when a source image is skipped")
     shard_size: int = Field(256, gt=0, description="rows per shard")
     seed: int = 0
 
 
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
+    from components.data.sources import list_items
+
+    items = list_items(cfg.source)[: cfg.limit]
     sample_cfg = SampleConfig.model_validate(cfg.model_dump(include=set(SampleConfig.model_fields)))
-    shards = math.ceil(cfg.count / cfg.shard_size)
+    shards = math.ceil(len(items) / cfg.shard_size)
+    task = make_shard.options(num_gpus=1) if cfg.engine == "gpu" and _cluster_has_gpus() else make_shard
     pending = {}
     for index in range(shards):
-        ids = range(index * cfg.shard_size, min(cfg.count, (index + 1) * cfg.shard_size))
-        uri = ctx.path(shard_path(index))
-        pending[make_shard.remote(ids.start, ids.stop, cfg.seed, sample_cfg, uri)] = index
-    infos, done = {}, 0
-    ctx.progress.update(done=0, total=cfg.count, unit="samples")
+        chunk = items[index * cfg.shard_size:(index + 1) * cfg.shard_size]
+        pending[task.remote(chunk, cfg.seed, sample_cfg, cfg.limits, ctx.path(shard_path(index)))] = index
+    infos: dict[int, Any] = {}
+    done = 0
+    ctx.progress.update(done=0, total=len(items), unit="samples")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         info = ray.get(ready[0])
         infos[pending.pop(ready[0])] = info
-        done += info.rows
-        ctx.progress.update(done=done, total=cfg.count, unit="samples")
+        done += info.rows + len(info.skipped)
+        ctx.progress.update(done=done, total=len(items), unit="samples", skipped=sum(len(i.skipped) for i in infos.values()))
     entries = [{**asdict(infos[i]), "path": shard_path(i)} for i in range(shards)]
+    skipped = [record for entry in entries for record in entry.pop("skipped")]
     splits: dict[str, int] = {}
     for entry in entries:
         for split, n in entry["split_counts"].items():
             splits[split] = splits.get(split, 0) + n
+    rows = sum(entry["rows"] for entry in entries)
     return StageOutput(
         artifact="shards",
-        count=done,
-        metrics={"samples": done, **{f"samples_{k}": v for k, v in splits.items()}},
-        details={"shards": entries, "splits": splits, "resolution": cfg.resolution, "source": cfg.source,
-                 "schema_version": schema_version(), "skipped": [], "created_at": time.time()},
+        count=rows,
+        metrics={"samples": rows, "skipped": len(skipped), **{f"samples_{k}": v for k, v in splits.items()}},
+        details={"shards": entries, "splits": splits, "resolution": cfg.resolution, "source": cfg.source.kind,
+                 "schema_version": schema_version(), "skipped": skipped, "created_at": time.time()},
     )
 
 
 @ray.remote(num_cpus=1, max_retries=3)
-def make_shard(start: int, stop: int, seed: int, cfg: SampleConfig, uri: str):
-    from components.data.samples import make_procedural_rows
+def make_shard(items: list[SourceItem], seed: int, cfg: SampleConfig, limits: ImageLimits, uri: str):
+    from components.data.samples import make_rows
     from components.data.shards import describe_shard, shard_exists, write_shard
 
     if shard_exists(uri):
         return describe_shard(uri)
-    return write_shard(make_procedural_rows(range(start, stop), seed, cfg), uri)
+    images, skipped = source_images(items, seed, cfg.resolution, limits)
+    return write_shard(make_rows(images, seed, cfg), uri, skipped=skipped)
+
+
+def source_images(items: list[SourceItem], seed: int, resolution: int, limits: ImageLimits):
+    """The shard's HQ images as SourceImages, and a record of each item skipped."""
+    from components.data.occlusion_masks import template_landmarks
+    from components.data.samples import SourceImage, id_key, procedural_image
+    from components.data.sources import SkippedImage, iter_images
+
+    procedural = [item for item in items if item.index is not None]
+    if procedural:
+        return [procedural_image(item.index, seed, resolution) for item in procedural], []
+    images, skipped = [], []
+    landmarks = template_landmarks(resolution)  # real faces are aligned to the FFHQ template
+    for item, result in iter_images(items, resolution, limits):
+        if isinstance(result, SkippedImage):
+            skipped.append(result.as_record())
+        else:
+            images.append(SourceImage(item.id, id_key(item.id), result, landmarks, item.kind))
+    return images, skipped
+
+
+def _cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def shard_path(index: int) -> str:

@@ -136,7 +136,7 @@ def test_runs_and_status_commands_show_each_stage(first_run):
 
 def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subprocess_env):
     config, _, _ = first_run
-    overrides = ["--set", "train_baseline.steps=400", "--set", "train_baseline.checkpoint_every=20"]
+    overrides = ["--set", "train_baseline.steps=140", "--set", "train_baseline.checkpoint_every=20"]
     store = Store(load_config(config).store)
     resumed_cfg = load_config(config, [o for o in overrides if o != "--set"])
     fingerprint = {e.stage.name: e.fingerprint for e in plan(resumed_cfg)}["train_baseline"]
@@ -144,7 +144,7 @@ def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subp
                               env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        checkpoint_step = wait_for_checkpoint(store, f"train_baseline-{fingerprint}", minimum_step=40, timeout=300)
+        checkpoint_step = wait_for_checkpoint(store, f"train_baseline-{fingerprint}", minimum_step=60, timeout=300)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -152,8 +152,11 @@ def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subp
     train = record["stages"]["train_baseline"]
     assert record["stages"]["synthesize"]["state"] == "cached"
     assert train["state"] == "finished"
-    assert train["metrics"]["resumed_from"] >= checkpoint_step >= 40
-    assert train["metrics"]["step"] == 400
+    # Ray Train registers a checkpoint once its report reaches the controller: the one
+    # written in the instant before the kill may not be, so resume may be one interval behind.
+    resumed_from = train["metrics"]["resumed_from"]
+    assert resumed_from % 20 == 0 and resumed_from >= checkpoint_step - 20 >= 40
+    assert train["metrics"]["step"] == 140
 
 
 def wait_for_checkpoint(store: Store, run_name: str, minimum_step: int, timeout: float) -> int:

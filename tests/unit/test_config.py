@@ -17,13 +17,13 @@ def test_demo_config_loads_with_typed_stage_sections():
     cfg = load_config(DEMO)
     assert cfg.stages["train_baseline"].kind == "train"
     assert cfg.stages["train_baseline"].needs == ("synthesize",)
-    assert cfg.stages["synthesize"].config.count > 0
+    assert cfg.stages["synthesize"].config.source.count > 0
 
 
 def test_set_override_addresses_a_stage_by_name_and_is_typed():
-    cfg = load_config(DEMO, ["train_baseline.lr=2e-4", "synthesize.count=64"])
+    cfg = load_config(DEMO, ["train_baseline.lr=2e-4", "synthesize.source.count=64"])
     assert cfg.stages["train_baseline"].config.lr == pytest.approx(2e-4)
-    assert cfg.stages["synthesize"].config.count == 64
+    assert cfg.stages["synthesize"].config.source.count == 64
 
 
 def test_unknown_stage_key_is_named_with_the_allowed_keys():

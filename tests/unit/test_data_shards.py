@@ -69,7 +69,10 @@ def test_rows_follow_the_shard_schema(rows):
     assert rows.num_rows == 10
     assert rows.column("id").to_pylist()[:2] == ["proc-00000000", "proc-00000001"]
     assert set(rows.column("source").to_pylist()) == {"procedural"}
-    assert rows.column("edge").null_count == 10
+    assert rows.column("edge").null_count == 0  # edges are on by default
+    assert rows.column("lr").null_count == 10  # super-resolution pairs are not
+    assert set(rows.column("mask_kind").to_pylist()) <= {"free_form", "box"}
+    assert len(rows.column("landmarks")[0].as_py()) == 10
     hq = decode_png(rows.column("hq")[0].as_py())
     assert hq.shape == (32, 32, 3)
 
@@ -230,7 +233,7 @@ def test_string_and_null_columns_cannot_be_decoded(rows):
     batch = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
     with pytest.raises(ValueError, match="'id'"):
         decode_columns(batch, ["id"])
-    with pytest.raises(ValueError, match="'edge' is null"):
-        decode_columns(batch, ["edge"])
+    with pytest.raises(ValueError, match="'lr' is null"):
+        decode_columns(batch, ["lr"])
     with pytest.raises(KeyError, match="'hd'"):
         decode_columns(batch, ["hd"])
