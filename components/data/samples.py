@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.data.degrade import DegradationConfig, DegradationParams, degrade, sample_degradation
 from components.data.edges import canny_edges
@@ -69,6 +69,13 @@ class SampleConfig(BaseModel):
         if value < 8:
             raise ValueError(f"resolution must be at least 8 pixels, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _resolution_divides_by_the_sr_factor(self) -> "SampleConfig":
+        factor = self.super_resolution.factor if self.super_resolution else 1
+        if self.resolution % factor:
+            raise ValueError(f"resolution {self.resolution} is not divisible by super_resolution.factor {factor}")
+        return self
 
     @field_validator("splits")
     @classmethod
