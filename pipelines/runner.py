@@ -106,10 +106,18 @@ class Runner:
                     "fingerprint": e.fingerprint,
                     "planned": e.state.value,
                     "reasons": list(e.reasons),
+                    **self._cached_metrics(e),
                 }
                 for e in entries
             },
         }
+
+    def _cached_metrics(self, entry: PlanEntry) -> dict[str, Any]:
+        """A cached stage's metrics, from its manifest, so a cached run's summary still shows them."""
+        if entry.will_run or entry.state is not State.CACHED:
+            return {}
+        manifest = Store(self.cfg.store).manifest(entry.stage.name, entry.fingerprint) or {}
+        return {"metrics": manifest.get("metrics", {}), "mlflow_run_id": manifest.get("mlflow_run_id")}
 
     def _run_stages(self, store: Store, entries: list[PlanEntry], record: dict[str, Any], board: Any) -> None:
         from mlflow.tracking import MlflowClient

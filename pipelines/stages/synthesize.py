@@ -74,9 +74,14 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def make_shard(items: list[SourceItem], seed: int, cfg: SampleConfig, limits: ImageLimits, uri: str):
+    import cv2
+
     from components.data.samples import make_rows
     from components.data.shards import describe_shard, shard_exists, write_shard
 
+    # One CPU per task: OpenCV's own thread pool would otherwise oversubscribe the cores
+    # the other tasks hold (Ray's OMP_NUM_THREADS does not reach it).
+    cv2.setNumThreads(1)
     if shard_exists(uri):
         return describe_shard(uri)
     images, skipped = source_images(items, seed, cfg.resolution, limits)
