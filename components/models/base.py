@@ -17,6 +17,7 @@ restoration networks (ESRGAN, EDVR and GFPGAN option files).
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -67,7 +68,7 @@ class Method(Protocol):
     def export(self) -> tuple[dict[str, Tensor], dict[str, Any]]: ...
 
 
-class MethodBase:
+class MethodBase(ABC):
     """Holds the config, the upstream model URIs, the live network dict and the optimisers.
 
     A subclass sets `name`, `inputs` and `Config`, and implements `build_networks`,
@@ -92,18 +93,18 @@ class MethodBase:
                 raise ValueError(f"network name '{net_name}' of method '{self.name}' must not contain '.'")
         self.opts: dict[str, Optimizer] = self.build_optimizers()
 
-    # -- what a subclass provides ------------------------------------------------------
-    def build_networks(self) -> dict[str, nn.Module]:
-        raise NotImplementedError(f"{type(self).__name__}.build_networks")
+    # -- what a subclass provides (a subclass missing one cannot be instantiated) --------
+    @abstractmethod
+    def build_networks(self) -> dict[str, nn.Module]: ...
 
-    def build_optimizers(self) -> dict[str, Optimizer]:
-        raise NotImplementedError(f"{type(self).__name__}.build_optimizers")
+    @abstractmethod
+    def build_optimizers(self) -> dict[str, Optimizer]: ...
 
-    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__}.training_step")
+    @abstractmethod
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]: ...
 
-    def restore(self, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__}.restore")
+    @abstractmethod
+    def restore(self, batch: dict[str, Tensor]) -> Tensor: ...
 
     # -- the contract ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
