@@ -10,7 +10,7 @@ Layout of a pipeline YAML::
     ray: {num_cpus: 4}           # ignored when joining a cluster (RAY_ADDRESS / --address)
     tracking: {uri: null}        # null: SQLite file in the store; else MLFLOW_TRACKING_URI wins
     stages:
-      synthesize: {count: 96}    # `kind` defaults to the stage's name
+      synthesize: {source: {kind: procedural, count: 96}}   # `kind` defaults to the stage's name
       train_baseline: {kind: train, needs: [synthesize], method: baseline}
 
 `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.

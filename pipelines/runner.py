@@ -78,7 +78,7 @@ class Runner:
         pipeline = build_pipeline(self.cfg)
         store = Store(self.cfg.store)
         entries = pipeline.plan(store, self.selection)
-        record = self._new_record(entries)
+        record = self._new_record(store, entries)
         store.save_run(record)
         if not any(e.will_run for e in entries):
             record.update(state="finished", finished_at=time.time())
@@ -91,12 +91,12 @@ class Runner:
             self._run_stages(store, entries, record, board)
         return record
 
-    def _new_record(self, entries: list[PlanEntry]) -> dict[str, Any]:
+    def _new_record(self, store: Store, entries: list[PlanEntry]) -> dict[str, Any]:
         return {
             "run_id": new_run_id(),
             "config_name": self.cfg.name,
             "config": resolved_config(self.cfg),
-            "store": Store(self.cfg.store).uri,
+            "store": store.uri,
             "started_at": time.time(),
             "state": "running",
             "selection": {"only": self.selection.only, "from": self.selection.start, "force": list(self.selection.force)},
@@ -106,18 +106,12 @@ class Runner:
                     "fingerprint": e.fingerprint,
                     "planned": e.state.value,
                     "reasons": list(e.reasons),
-                    **self._cached_metrics(e),
+                    **_cached_metrics(store, e),
                 }
                 for e in entries
             },
         }
 
-    def _cached_metrics(self, entry: PlanEntry) -> dict[str, Any]:
-        """A cached stage's metrics, from its manifest, so a cached run's summary still shows them."""
-        if entry.will_run or entry.state is not State.CACHED:
-            return {}
-        manifest = Store(self.cfg.store).manifest(entry.stage.name, entry.fingerprint) or {}
-        return {"metrics": manifest.get("metrics", {}), "mlflow_run_id": manifest.get("mlflow_run_id")}
 
     def _run_stages(self, store: Store, entries: list[PlanEntry], record: dict[str, Any], board: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -197,6 +191,14 @@ class Runner:
         info.update(state="finished", finished_at=time.time(), metrics=output.metrics, count=output.count)
         info["duration_s"] = round(info["finished_at"] - info["started_at"], 2)
         store.save_run(record)
+
+
+def _cached_metrics(store: Store, entry: PlanEntry) -> dict[str, Any]:
+    """A cached stage's metrics, from its manifest, so a cached run's summary still shows them."""
+    if entry.will_run or entry.state is not State.CACHED:
+        return {}
+    manifest = store.manifest(entry.stage.name, entry.fingerprint) or {}
+    return {"metrics": manifest.get("metrics", {}), "mlflow_run_id": manifest.get("mlflow_run_id")}
 
 
 def cfg_of(cfg: PipelineConfig, stage: str) -> Any:

@@ -68,13 +68,18 @@ class ProceduralSource(BaseModel):
     count: int = Field(ge=1)
 
 
-class FolderSource(BaseModel):
-    """Every image under `path` (hidden files and folders excluded)."""
+class _PathSource(BaseModel):
+    """A source read from `path`: a local path or any URI `components.storage` opens."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["folder"] = "folder"
     path: str = Field(min_length=1)
+
+
+class FolderSource(_PathSource):
+    """Every image under `path` (hidden files and folders excluded)."""
+
+    kind: Literal["folder"] = "folder"
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     recursive: bool = True
 
@@ -87,32 +92,23 @@ class FolderSource(BaseModel):
         return cleaned
 
 
-class FFHQSource(BaseModel):
+class FFHQSource(_PathSource):
     """FFHQ: images1024x1024/ is preferred to thumbnails128x128/; else a folder of NNNNN.png."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["ffhq"] = "ffhq"
-    path: str = Field(min_length=1)
 
 
-class CelebAHQSource(BaseModel):
+class CelebAHQSource(_PathSource):
     """CelebA-HQ in the CelebAMask-HQ or the StarGAN v2 layout; else a folder of <n>.jpg."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["celebahq"] = "celebahq"
-    path: str = Field(min_length=1)
 
 
-class ParquetSource(BaseModel):
+class ParquetSource(_PathSource):
     """One .parquet file or a folder of them; images are encoded bytes, or a struct with a
     `bytes` field as HuggingFace `datasets` writes its Image feature."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["parquet"] = "parquet"
-    path: str = Field(min_length=1)
     image_column: str = "image"
     id_column: str | None = None
 
@@ -128,31 +124,10 @@ class ImageLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_side: int = 32
+    min_side: int = Field(32, ge=1, description="pixels; a shorter side below it is skipped")
     # CelebA-HQ / FFHQ 128 px thumbnails still reach 512 px at 4x.
-    max_upscale: float = 4.0
-    max_megapixels: float = 64.0
-
-    @field_validator("min_side")
-    @classmethod
-    def _positive_side(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"min_side must be at least 1 pixel, got {value}")
-        return value
-
-    @field_validator("max_upscale")
-    @classmethod
-    def _upscale_at_least_one(cls, value: float) -> float:
-        if value < 1.0:
-            raise ValueError(f"max_upscale must be >= 1 (1 = never enlarge), got {value}")
-        return value
-
-    @field_validator("max_megapixels")
-    @classmethod
-    def _positive_megapixels(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"max_megapixels must be > 0, got {value}")
-        return value
+    max_upscale: float = Field(4.0, ge=1.0, description="largest enlargement to the resolution; 1 = never enlarge")
+    max_megapixels: float = Field(64.0, gt=0, description="larger images are skipped, checked from the header")
 
 
 @dataclass(frozen=True)

@@ -69,14 +69,11 @@ def score(restored, target) -> dict[str, float]:
 
 
 def grid(data: dict, outputs: dict, rows: int):
-    """uint8 HxWx3: per row the degraded input, each output, the target."""
+    """uint8 HxWx3: per row the degraded input (outputs["input"], holes filled), each model's output, the target."""
     import torch
 
-    from components.models.inputs import fill_holes
-
     rows = min(rows, len(data["hq"]))
-    degraded = fill_holes(data["lq"][:rows], data["mask"][:rows])
-    columns = [degraded] + [out[:rows] for name, out in outputs.items() if name != "input"] + [data["hq"][:rows]]
+    columns = [out[:rows] for out in outputs.values()] + [data["hq"][:rows]]
     image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*H x cols*W
     return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 

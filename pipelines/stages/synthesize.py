@@ -40,13 +40,12 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.data.sources import list_items
 
     items = list_items(cfg.source)[: cfg.limit]
-    sample_cfg = SampleConfig.model_validate(cfg.model_dump(include=set(SampleConfig.model_fields)))
     shards = math.ceil(len(items) / cfg.shard_size)
     task = make_shard.options(num_gpus=1) if cfg.engine == "gpu" and _cluster_has_gpus() else make_shard
     pending = {}
     for index in range(shards):
         chunk = items[index * cfg.shard_size:(index + 1) * cfg.shard_size]
-        pending[task.remote(chunk, cfg.seed, sample_cfg, cfg.limits, ctx.path(shard_path(index)))] = index
+        pending[task.remote(chunk, cfg.seed, cfg, cfg.limits, ctx.path(shard_path(index)))] = index
     infos: dict[int, Any] = {}
     done = 0
     ctx.progress.update(done=0, total=len(items), unit="samples")
