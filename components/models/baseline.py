@@ -128,6 +128,7 @@ class Baseline(MethodBase):
     """The learned baseline: BaselineUNet trained with L1 to `hq`, one network "g", one Adam."""
 
     name: ClassVar[str] = "baseline"
+    task: ClassVar[str] = "restoration"
     inputs: ClassVar[tuple[str, ...]] = ("hq", "lq", "mask")
     Config: ClassVar[type[BaselineConfig]] = BaselineConfig
     cfg: BaselineConfig

@@ -35,3 +35,28 @@ def load_model_dir(uri: str) -> Any:
 
     state, config = read_model_dir(uri)
     return load_method(state, config)
+
+
+def load_upstream(upstream: dict[str, Any], method: str) -> Any:
+    """The one upstream model directory (stage name -> URI) that holds a `method` model, loaded.
+
+    A method that builds on an earlier stage (the inpainting generator on the edge GAN, Panini
+    on the DRE and the prior) finds it by what it is, not by the stage's name in a config.
+    """
+    found = {}
+    for stage, uri in upstream.items():
+        _, config = read_model_config(str(uri))
+        if config.get("method") == method:
+            found[stage] = str(uri)
+    if len(found) != 1:
+        given = ", ".join(f"{stage} ({uri})" for stage, uri in upstream.items()) or "none"
+        raise ValueError(f"needs exactly one upstream '{method}' model, found {len(found)}; upstream models: {given}")
+    return load_model_dir(next(iter(found.values())))
+
+
+def read_model_config(uri: str) -> tuple[str, dict[str, Any]]:
+    """(config URI, its parsed JSON) of a model directory, without reading the weights."""
+    config_uri = storage.join(uri, CONFIG)
+    if not storage.exists(config_uri):
+        raise FileNotFoundError(f"model directory {uri} has no {CONFIG}")
+    return config_uri, json.loads(storage.read_bytes(config_uri))

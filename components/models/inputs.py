@@ -35,3 +35,11 @@ def model_input(batch: dict[str, Tensor]) -> Tensor:
     """(N, 4, H, W): the hole-filled RGB image, then the mask."""
     lq, mask = batch["lq"], batch["mask"]
     return torch.cat([fill_holes(lq, mask), mask.to(lq.dtype)], dim=1)
+
+
+def paste_known(output: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+    """An inpainting result: `image`'s known pixels exactly, `output` only inside the holes (mask 1)."""
+    if output.shape != image.shape or mask.shape[1] != 1 or mask.shape[2:] != image.shape[2:]:
+        raise ValueError(f"paste_known needs output and image of one shape and a (N, 1, H, W) mask, got "
+                         f"{tuple(output.shape)}, {tuple(image.shape)} and {tuple(mask.shape)}")
+    return torch.where(mask.bool(), output.to(image.dtype), image)
