@@ -23,14 +23,15 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a k
 OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="run just this stage; its upstream must exist")]
 FromOpt = Annotated[Optional[str], typer.Option("--from", help="rerun this stage and everything downstream")]
 ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="rerun this stage (and downstream) even if cached")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="a named set of overrides from the config's `presets`")]
 StoreOpt = Annotated[str, typer.Option("--store", help="pipeline store (folder or URI)")]
 
 
-def _load(config: Path, overrides: list[str] | None):
+def _load(config: Path, overrides: list[str] | None, preset: str | None = None):
     from pipelines.config import ConfigError, load_config
 
     try:
-        return load_config(config, overrides or [])
+        return load_config(config, overrides or [], preset=preset)
     except ConfigError as err:
         console().print(f"[bold red]config error[/] in {config}: {err}")
         raise typer.Exit(2) from None
@@ -44,13 +45,13 @@ def _selection(only: str | None, start: str | None, force: list[str] | None):
 
 @app.command()
 def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
-         force: ForceOpt = None) -> None:
+         force: ForceOpt = None, preset: PresetOpt = None) -> None:
     """Show each stage as cached / stale (and why) / missing, and what `run` would execute."""
     from pipelines.dag import SelectionError
     from pipelines.display import plan_table
     from pipelines.runner import plan as make_plan
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, preset)
     try:
         entries = make_plan(cfg, _selection(only, from_, force))
     except SelectionError as err:
@@ -76,7 +77,7 @@ def cached_notes(cfg, entries) -> dict[str, str]:
 
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
-        force: ForceOpt = None,
+        force: ForceOpt = None, preset: PresetOpt = None,
         address: Annotated[Optional[str], typer.Option(help="Ray cluster address (else RAY_ADDRESS, else local)")] = None,
         ) -> None:
     """Run the pipeline: every stage that is not cached, in order."""
@@ -84,7 +85,7 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
     from pipelines.display import summary_table
     from pipelines.runner import Runner, StageFailed
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, preset)
     runner = Runner(cfg, _selection(only, from_, force), address=address, console=console())
     try:
         record = runner.run()

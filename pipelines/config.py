@@ -14,6 +14,15 @@ Layout of a pipeline YAML::
       train_baseline: {kind: train, needs: [synthesize], method: baseline}
 
 `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
+
+A recipe may name presets: sets of the same dotted overrides, chosen with `--preset NAME`
+and applied before any `--set` (so a `--set` still wins)::
+
+    presets:
+      real: {synthesize.resolution: 256, train_cafin.steps: 300000, train_cafin.use_gpu: true}
+
+One file per recipe, its CPU size as the file's own values and its real size as a preset,
+instead of near-copies of the whole recipe per size.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ class PipelineConfig(Strict):
     stages: dict[str, StageSection]
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None) -> PipelineConfig:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -72,20 +81,35 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    presets = raw.pop("presets", None) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path} has no preset '{preset}' (presets: {', '.join(presets) or 'none'})")
+        raw = apply_settings(raw, presets[preset])
     raw = apply_overrides(raw, overrides)
     return parse_config(raw, source=str(path))
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    raw = copy.deepcopy(raw)
+    settings = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key.path=value")
-        path = key.split(".")
+        settings[key] = yaml.safe_load(text) if text else ""
+    return apply_settings(raw, settings)
+
+
+def apply_settings(raw: dict, settings: dict[str, Any]) -> dict:
+    """A copy of `raw` with each dotted key set; a key starting with a stage name addresses that stage."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"a preset must map dotted keys to values, got {settings!r}")
+    raw = copy.deepcopy(raw)
+    for key, value in settings.items():
+        path = str(key).split(".")
         if path[0] in (raw.get("stages") or {}):
             path = ["stages", *path]
-        set_dotted(raw, path, yaml.safe_load(text) if text else "")
+        set_dotted(raw, path, value)
     return raw
 
 

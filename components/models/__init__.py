@@ -13,6 +13,14 @@ from typing import Any
 
 METHODS: dict[str, str] = {
     "baseline": "components.models.baseline:Baseline",
+    "edge_gan": "components.models.edge_gan:EdgeGAN",
+    "fusion_inpaint": "components.models.fusion_inpaint:FusionInpaint",
+    "cafin": "components.models.cafin:CAFIN",
+    "contrastive_inpaint": "components.models.contrastive_inpaint:ContrastiveInpaint",
+    "ctcnet": "components.models.ctcnet:CTCNet",
+    "dre": "components.models.dre:DRE",
+    "stylegan2": "components.models.stylegan2:StyleGAN2",
+    "panini": "components.models.panini:Panini",
 }
 
 

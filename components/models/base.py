@@ -95,6 +95,9 @@ class MethodBase(ABC):
     name: ClassVar[str]
     task: ClassVar[str] = "restoration"
     inputs: ClassVar[tuple[str, ...]]
+    # Columns also drawn from a second, independently shuffled stream, as `unpaired_<column>`
+    # (methods trained without paired ground truth).
+    unpaired: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None:

@@ -24,6 +24,9 @@ from components.models import build_method
 from components.training import checkpoint
 from components.training.spec import TrainSpec
 
+# The unpaired stream's shuffle seeds are far from the paired stream's (seed + epoch).
+UNPAIRED_SEED_OFFSET = 1_000_003
+
 
 def train_loop(config: dict[str, Any]) -> None:
     spec: TrainSpec = config["spec"]
@@ -39,6 +42,9 @@ def train_loop(config: dict[str, Any]) -> None:
     if logger and start:
         logger.progress(start, {}, resumed_from=start)
     batches = endless_batches(ray.train.get_dataset_shard("train"), spec, device)
+    if getattr(method, "unpaired", ()):
+        unpaired = endless_batches(ray.train.get_dataset_shard("unpaired"), spec, device, seed_offset=UNPAIRED_SEED_OFFSET)
+        batches = with_unpaired(batches, unpaired)
     metrics: dict[str, float] = {}
     step = start
     while step < spec.steps:
@@ -86,20 +92,32 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def endless_batches(shard: Any, spec: TrainSpec, device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+def endless_batches(shard: Any, spec: TrainSpec, device: torch.device,
+                    seed_offset: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
     """Epoch after epoch of this worker's shard; a fresh local shuffle each epoch."""
     epoch = 0
     while True:
         empty = True
         for batch in shard.iter_torch_batches(batch_size=spec.batch_size, drop_last=True, device=device,
                                               local_shuffle_buffer_size=spec.shuffle_buffer,
-                                              local_shuffle_seed=spec.seed + epoch):
+                                              local_shuffle_seed=spec.seed + seed_offset + epoch):
             empty = False
             yield batch, epoch
         if empty:
             raise ValueError(f"the training split yields no batch of {spec.batch_size} on this worker: "
                              "lower batch_size or synthesize more samples")
         epoch += 1
+
+
+def with_unpaired(batches: Iterator[tuple[dict[str, torch.Tensor], int]],
+                  unpaired: Iterator[tuple[dict[str, torch.Tensor], int]]) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    """Each batch plus `unpaired_<column>` from a second, independently shuffled stream.
+
+    For methods trained without paired ground truth (`Method.unpaired`): the real faces a
+    discriminator sees must not be the faces whose masked copies the generator gets.
+    """
+    for (batch, epoch), (other, _) in zip(batches, unpaired):
+        yield {**batch, **{f"unpaired_{key}": value for key, value in other.items()}}, epoch
 
 
 def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: int) -> None:

@@ -29,7 +29,8 @@ class FitResult:
     metrics: dict[str, Any]  # the last report: losses, step, resumed_from
 
 
-def fit(spec: TrainSpec, dataset: Any, storage_path: str, run_name: str, placement: Placement) -> FitResult:
+def fit(spec: TrainSpec, datasets: dict[str, Any], storage_path: str, run_name: str, placement: Placement) -> FitResult:
+    """`datasets`: "train" (and "unpaired" for a method with `unpaired` columns), Ray Data datasets."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -38,7 +39,7 @@ def fit(spec: TrainSpec, dataset: Any, storage_path: str, run_name: str, placeme
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),
-        datasets={"train": dataset},
+        datasets=datasets,
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,

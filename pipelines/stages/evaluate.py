@@ -1,9 +1,13 @@
-"""evaluate: every upstream model and the untouched degraded input, scored on one held-out split.
+"""evaluate: every upstream model and the classical baselines of its task, scored on one held-out split.
 
-The input's score is the degraded image with its holes filled by the known pixels' mean
-colour (`components.models.inputs.fill_holes`): what a user has before any model runs.
-Writes metrics.json and grid.png (degraded | restored | target, a row per sample) and logs
-both to the stage's MLflow run.
+Each model is scored as its `task` says (components/metrics/scoring.py): restorers against
+the untouched degraded input ("input", holes filled with the known pixels' mean colour),
+inpainting against mean-fill, OpenCV Telea and Navier-Stokes, super-resolution against
+bicubic, the edge GAN by edge precision / recall / F1 inside the holes. Models whose task is
+not an image (a DRE, a GAN prior) are upstream material and are not scored here.
+Metric keys are `<model stage or baseline>/<metric>`. Writes metrics.json and one
+grid_<task>.png per task (input | each baseline | each model | target, a row per sample) and
+logs both to the stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.context import StageContext, StageOutput
 
-CODE_VERSION = "1"
-METRICS = ("psnr", "ssim", "l1")
+CODE_VERSION = "2"
 
 
 class Config(BaseModel):
@@ -23,62 +26,88 @@ class Config(BaseModel):
 
     split: str = "test"
     batch_size: int = Field(32, gt=0)
-    grid_rows: int = Field(8, ge=0, description="samples shown in grid.png")
+    grid_rows: int = Field(8, ge=0, description="samples shown in each grid_<task>.png")
 
 
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
+    from components.metrics.scoring import task_scoring
+    from components.models.files import load_model_dir
+    from pipelines.stages.inputs import of_kind, one_of_kind
+
+    shards = one_of_kind(inputs, "shards", ctx.stage)
+    models = {a.stage: load_model_dir(a.uri) for a in of_kind(inputs, "model")}
+    by_task: dict[str, dict[str, Any]] = {}
+    for name, method in models.items():
+        if task_scoring(method.task) is not None:
+            by_task.setdefault(method.task, {})[name] = method
+    if not by_task:  # nothing to score but the data itself: how bad is the untouched input
+        by_task = {"restoration": {}}
+    columns = sorted({column for task in by_task for column in task_scoring(task).columns})
+    data = read_split(shards, cfg.split, columns)
+    scores: dict[str, dict[str, float]] = {}
+    grids = {}
+    for task, methods in by_task.items():
+        task_scores, outputs = score_task(task, methods, data, cfg.batch_size)
+        scores.update(task_scores)
+        grids[task] = grid(task_scoring(task).target(data), outputs, cfg.grid_rows)
+    metrics = {f"{name}/{metric}": value for name, values in scores.items() for metric, value in values.items()}
+    count = len(data["hq"])
+    write_outputs(ctx, metrics, grids)
+    ctx.progress.update(done=count, total=count, unit="images")
+    return StageOutput(artifact="evaluation", count=count, metrics=metrics,
+                       details={"split": cfg.split, "scores": scores, "models": sorted(models),
+                                "tasks": {task: sorted(methods) for task, methods in by_task.items()}})
+
+
+def read_split(shards: Any, split: str, columns: list[str]) -> dict:
     import torch
 
     from components.data.decode import table_to_arrays
     from components.data.shards import read_shards
-    from components.models.files import load_model_dir
-    from pipelines.stages.inputs import of_kind, one_of_kind, shard_uris
+    from pipelines.stages.inputs import shard_uris
 
-    shards = one_of_kind(inputs, "shards", ctx.stage)
-    models = {a.stage: load_model_dir(a.uri) for a in of_kind(inputs, "model")}
-    table = read_shards(shard_uris(shards), split=cfg.split, columns=["hq", "lq", "mask"])
+    table = read_shards(shard_uris(shards), split=split, columns=columns)
     if table.num_rows == 0:
-        raise ValueError(f"shards of '{shards.stage}' hold no '{cfg.split}' samples to evaluate on")
-    data = {k: torch.from_numpy(v) for k, v in table_to_arrays(table, ["hq", "lq", "mask"]).items()}
-    outputs = {"input": restore_all(None, data, cfg.batch_size), **{n: restore_all(m, data, cfg.batch_size) for n, m in models.items()}}
-    scores = {name: score(out, data["hq"]) for name, out in outputs.items()}
-    metrics = {f"{name}/{metric}": value for name, values in scores.items() for metric, value in values.items()}
-    write_outputs(ctx, metrics, grid(data, outputs, cfg.grid_rows))
-    ctx.progress.update(done=table.num_rows, total=table.num_rows, unit="images")
-    return StageOutput(artifact="evaluation", count=table.num_rows, metrics=metrics,
-                       details={"split": cfg.split, "scores": scores, "models": sorted(models)})
+        raise ValueError(f"shards of '{shards.stage}' hold no '{split}' samples to evaluate on")
+    for column in columns:
+        if table.column(column).null_count:
+            raise ValueError(f"shards of '{shards.stage}' have no '{column}' column values, which scoring needs "
+                             f"(for 'lr', set the synthesize stage's super_resolution; for 'edge', its edges)")
+    return {k: torch.from_numpy(v) for k, v in table_to_arrays(table, columns).items()}
 
 
-def restore_all(method: Any, data: dict, batch_size: int):
+def score_task(task: str, methods: dict[str, Any], data: dict, batch_size: int) -> tuple[dict, dict]:
+    """({name: {metric: mean}}, {name: outputs}) for the task's baselines and methods, baselines first."""
+    from components.metrics.scoring import mean_scores, task_scoring
+
+    scoring = task_scoring(task)
+    outputs = {name: baseline(data) for name, baseline in scoring.baselines.items()}
+    for name, method in methods.items():
+        outputs[name] = restore_all(method, scoring.method_batch(data), batch_size)
+    return {name: mean_scores(scoring.score(out, data)) for name, out in outputs.items()}, outputs
+
+
+def restore_all(method: Any, batch: dict, batch_size: int):
     import torch
 
-    from components.models.inputs import fill_holes
-
-    outs = []
-    for start in range(0, len(data["hq"]), batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in data.items()}
-        outs.append(fill_holes(batch["lq"], batch["mask"]) if method is None else method.restore(batch))
+    count = len(next(iter(batch.values())))
+    outs = [method.restore({k: v[start:start + batch_size] for k, v in batch.items()}).cpu()
+            for start in range(0, count, batch_size)]
     return torch.cat(outs).clamp(0, 1)
 
 
-def score(restored, target) -> dict[str, float]:
-    from components.metrics.image_quality import l1, psnr, ssim
-
-    return {"psnr": float(psnr(restored, target).mean()), "ssim": float(ssim(restored, target).mean()),
-            "l1": float(l1(restored, target).mean())}
-
-
-def grid(data: dict, outputs: dict, rows: int):
-    """uint8 HxWx3: per row the degraded input (outputs["input"], holes filled), each model's output, the target."""
+def grid(target, outputs: dict, rows: int):
+    """uint8 HxWx3: per row each output (baselines first, then models), then the target."""
     import torch
 
-    rows = min(rows, len(data["hq"]))
-    columns = [out[:rows] for out in outputs.values()] + [data["hq"][:rows]]
+    rows = min(rows, len(target))
+    columns = [out[:rows] for out in outputs.values()] + [target[:rows]]
+    columns = [column.expand(-1, 3, -1, -1) if column.shape[1] == 1 else column for column in columns]
     image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*H x cols*W
     return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
-def write_outputs(ctx: StageContext, metrics: dict[str, float], image) -> None:
+def write_outputs(ctx: StageContext, metrics: dict[str, float], grids: dict) -> None:
     import tempfile
     from pathlib import Path
 
@@ -87,10 +116,11 @@ def write_outputs(ctx: StageContext, metrics: dict[str, float], image) -> None:
     from components import storage
     from components.data.schema import encode_png
 
-    png = encode_png(image)
-    storage.write_bytes_atomic(ctx.path("grid.png"), png)
     storage.write_json_atomic(ctx.path("metrics.json"), metrics)
     client = MlflowClient(ctx.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "grid.png").write_bytes(png)
-        client.log_artifact(ctx.mlflow_run_id, str(Path(tmp, "grid.png")))
+        for task, image in grids.items():
+            png = encode_png(image)
+            storage.write_bytes_atomic(ctx.path(f"grid_{task}.png"), png)
+            Path(tmp, f"grid_{task}.png").write_bytes(png)
+            client.log_artifact(ctx.mlflow_run_id, str(Path(tmp, f"grid_{task}.png")))

@@ -58,7 +58,11 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
 
     method = method_class(cfg.method)
     shards = one_of_kind(inputs, "shards", ctx.stage)
-    dataset = shard_dataset(shard_uris(shards), "train", method.inputs)
+    datasets = {"train": shard_dataset(shard_uris(shards), "train", method.inputs)}
+    if getattr(method, "unpaired", ()):
+        # A second stream of the same split, globally reshuffled: what an unpaired method's
+        # discriminator sees as real never lines up with the generator's inputs.
+        datasets["unpaired"] = shard_dataset(shard_uris(shards), "train", method.unpaired).random_shuffle(seed=cfg.seed + 1)
     upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
     spec = TrainSpec(method=cfg.method, method_config=cfg.method_config(), steps=cfg.steps,
                      batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
@@ -68,7 +72,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     run_name = f"{ctx.stage}-{ctx.fingerprint}"
     if ctx.forced:
         storage.remove_tree(storage.join(storage_path, run_name))
-    result = fit(spec, dataset, storage_path, run_name,
+    result = fit(spec, datasets, storage_path, run_name,
                  Placement(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu))
     trained = rebuild(cfg, result.state, upstream)
     state, model_config = trained.export()

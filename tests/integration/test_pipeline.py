@@ -85,7 +85,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage_params_metrics_and_artif
     history = client.get_metric_history(train.info.run_id, "loss")
     assert {m.step for m in history} == set(range(5, 61, 5))
     artifacts = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id)}
-    assert {"manifest.json", "grid.png"} <= artifacts
+    assert {"manifest.json", "grid_restoration.png"} <= artifacts
     assert "manifest.json" in {a.path for a in client.list_artifacts(children["synthesize"].info.run_id)}
 
 

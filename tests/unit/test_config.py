@@ -69,3 +69,33 @@ def test_resolved_config_is_json_and_lists_defaults():
     resolved = resolved_config(load_config(DEMO))
     assert resolved["stages"]["evaluate"]["split"] == "test"
     assert resolved["stages"]["train_baseline"]["workers"] == 2
+
+
+PRESETS = """
+name: p
+stages:
+  synthesize: {source: {kind: procedural, count: 64}, resolution: 32}
+  train_baseline: {kind: train, needs: [synthesize], steps: 10}
+presets:
+  real: {synthesize.resolution: 256, train_baseline.steps: 5000, train_baseline.use_gpu: true}
+"""
+
+
+def test_a_preset_applies_its_overrides_and_a_set_still_wins_over_it(tmp_path):
+    path = write(tmp_path, PRESETS)
+    assert load_config(path).stages["synthesize"].config.resolution == 32
+    cfg = load_config(path, ["train_baseline.steps=7"], preset="real")
+    assert cfg.stages["synthesize"].config.resolution == 256
+    assert cfg.stages["train_baseline"].config.use_gpu is True
+    assert cfg.stages["train_baseline"].config.steps == 7
+
+
+def test_an_unknown_preset_is_named_with_the_presets_there_are(tmp_path):
+    with pytest.raises(ConfigError, match="no preset 'huge' \\(presets: real\\)"):
+        load_config(write(tmp_path, PRESETS), preset="huge")
+
+
+def test_a_preset_key_that_a_stage_rejects_is_named(tmp_path):
+    path = write(tmp_path, PRESETS.replace("train_baseline.use_gpu", "train_baseline.gpus"))
+    with pytest.raises(ConfigError, match="gpus"):
+        load_config(path, preset="real")

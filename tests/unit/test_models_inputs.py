@@ -44,3 +44,14 @@ def test_model_input_is_filled_rgb_then_mask():
     assert x.shape == (2, 4, 8, 8)
     assert torch.equal(x[:, :3], fill_holes(lq, mask))
     assert torch.equal(x[:, 3:], mask)
+
+
+def test_paste_known_keeps_known_pixels_and_takes_only_the_holes_from_the_output():
+    from components.models.inputs import paste_known
+
+    image, output = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 3:6] = 1
+    pasted = paste_known(output, image, mask)
+    hole = mask.bool().expand_as(image)
+    assert torch.equal(pasted[~hole], image[~hole]) and torch.equal(pasted[hole], output[hole])

@@ -1,0 +1,42 @@
+import math
+
+import torch
+
+from components.metrics.scoring import TASKS, mean_scores, task_scoring
+from components.models import build_method
+from pipelines.stages.evaluate import score_task
+from tests.unit.method_checks import face_batch
+
+
+def test_inpainting_is_scored_on_the_clean_image_with_holes_against_three_classical_baselines():
+    data = face_batch(n=4, columns=TASKS["inpainting"].columns)
+    scores, outputs = score_task("inpainting", {}, data, batch_size=2)
+    assert list(scores) == ["mean_fill", "telea", "navier_stokes"]
+    assert {"psnr", "ssim", "l1", "psnr_hole", "l1_hole"} == set(scores["telea"])
+    # whole-image PSNR counts the known pixels every method keeps: always above the hole's own PSNR
+    assert all(s["psnr"] > s["psnr_hole"] for s in scores.values())
+    assert TASKS["inpainting"].method_batch(data)["lq"] is data["hq"]
+
+
+def test_restorers_face_the_untouched_input_and_are_given_only_the_degraded_image():
+    data = face_batch(n=4, columns=TASKS["restoration"].columns)
+    model = build_method("baseline", {"width": 8, "depth": 2})
+    scores, outputs = score_task("restoration", {"train_baseline": model}, data, batch_size=3)
+    assert list(scores) == ["input", "train_baseline"]
+    # an untrained baseline returns its hole-filled input: the two score the same
+    assert math.isclose(scores["input"]["psnr"], scores["train_baseline"]["psnr"], rel_tol=1e-5)
+    assert set(TASKS["restoration"].method_batch(data)) == {"lq", "mask"}
+
+
+def test_super_resolution_faces_bicubic_at_the_shards_factor():
+    data = face_batch(n=2, size=32, columns=TASKS["super_resolution"].columns, super_resolution={"factor": 8})
+    scores, outputs = score_task("super_resolution", {}, data, batch_size=2)
+    assert outputs["bicubic"].shape == data["hq"].shape and set(scores) == {"bicubic"}
+
+
+def test_models_that_are_not_image_restorers_are_not_scored():
+    assert task_scoring("representation") is None and task_scoring("prior") is None
+
+
+def test_mean_scores_leave_out_images_with_nothing_to_score():
+    assert mean_scores({"psnr_hole": torch.tensor([20.0, float("nan"), 30.0])}) == {"psnr_hole": 25.0}
