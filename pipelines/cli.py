@@ -3,6 +3,7 @@ that `facerestore --help` answers at once."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -128,6 +129,64 @@ def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `fa
             console().print(f"[red]{name}: {info['error']}[/]")
     if record.get("mlflow_run_id"):
         console().print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
+
+
+TrackingOpt = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else the store's SQLite file)")]
+
+
+def _tracking_uri(tracking_uri: str | None, store: str) -> str:
+    from pipelines.store import Store
+
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Store(store).default_tracking_uri()
+
+
+@app.command()
+def pull(reference: Annotated[str, typer.Argument(help="NAME (its champion), NAME@alias or NAME/version")],
+         out: Annotated[Path, typer.Option("--out", help="folder to write the model into")],
+         tracking_uri: TrackingOpt = None, store: StoreOpt = ".facerestore") -> None:
+    """Write a registered model as model.safetensors + config.json + MODEL_CARD.md (no pickle needed)."""
+    from components.tracking.pull import pull as pull_model
+
+    uri = _tracking_uri(tracking_uri, store)
+    try:
+        pulled = pull_model(reference, out, uri)
+    except (LookupError, ValueError, FileNotFoundError) as err:
+        console().print(f"[bold red]cannot pull:[/] {err}")
+        raise typer.Exit(2) from None
+    console().print(f"{pulled.name} version {pulled.version} ({', '.join(pulled.aliases) or 'no alias'}) -> {out}")
+
+
+@app.command()
+def restore(inputs: Annotated[list[Path], typer.Argument(help="photos and folders of photos")],
+            model: Annotated[str, typer.Option("--model", help="a pulled model folder, or models:/NAME@alias")],
+            out: Annotated[Path, typer.Option("--out", help="folder for the restored PNGs")],
+            mask: Annotated[Optional[Path], typer.Option("--mask", help="holes to fill (inpainting): white = missing")] = None,
+            tracking_uri: TrackingOpt = None, store: StoreOpt = ".facerestore") -> None:
+    """Restore photos; a file that cannot be restored is listed and the rest go on (exit 1 if any failed)."""
+    import tempfile
+
+    from components.inference import RestoreError, load_restorer, restore_paths
+    from components.tracking.pull import pull as pull_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            model_dir = model
+            if model.startswith("models:/"):
+                model_dir = str(pull_model(model, Path(tmp), _tracking_uri(tracking_uri, store)).directory)
+            restorer = load_restorer(model_dir)
+            if mask is not None and not mask.is_file():
+                raise RestoreError(f"mask {mask} does not exist")
+            report = restore_paths(restorer, inputs, out, mask)
+        except (RestoreError, LookupError, ValueError, FileNotFoundError) as err:
+            console().print(f"[bold red]cannot restore:[/] {err}")
+            raise typer.Exit(2) from None
+    for photo, reason in report.failed:
+        console().print(f"[red]skipped {photo}:[/] {reason}")
+    console().print(f"restored {len(report.written)} photo(s) into {out}"
+                    + (f"; {len(report.failed)} could not be restored" if report.failed else ""))
+    if report.failed:
+        raise typer.Exit(1)
 
 
 data_app = typer.Typer(help="Look at datasets: shards written by a synthesize stage.", no_args_is_help=True)

@@ -406,6 +406,13 @@ def load_image(item: SourceItem, resolution: int, limits: ImageLimits | None = N
     return result
 
 
+def read_photo(uri: str, limits: ImageLimits | None = None) -> np.ndarray:
+    """A photo at its own size, uint8 RGB H x W x 3, converted as sources are (grey, CMYK,
+    16-bit, alpha); SkippedImage naming the file and the reason when it cannot be read."""
+    item = SourceItem(id=uri.rpartition("/")[2], kind="photo", uri=uri)
+    return _decode(item, _read_file(item), 1, limits or ImageLimits(min_side=1))
+
+
 def load_images(
     items: Iterable[SourceItem], resolution: int, limits: ImageLimits | None = None
 ) -> LoadResult:

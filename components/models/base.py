@@ -139,7 +139,7 @@ class MethodBase(ABC):
         for net_name in self.nets:
             for key, value in self.unwrapped(net_name).state_dict().items():
                 state[f"{net_name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
-        return state, {"method": self.name, "config": self.cfg.model_dump(mode="json")}
+        return state, {"method": self.name, "task": self.task, "config": self.cfg.model_dump(mode="json")}
 
     @classmethod
     def load_exported(cls, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> MethodBase:

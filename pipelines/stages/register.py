@@ -37,6 +37,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
         name=name, model_uri=model.uri, run_id=ctx.mlflow_run_id, tracking_uri=ctx.tracking_uri,
         metric=cfg.metric, score=float(evaluation.manifest["metrics"][key]), higher_is_better=cfg.higher_is_better,
         tags={"pipeline_run": ctx.pipeline_run_id, "stage": model.stage, "fingerprint": model.fingerprint,
+              "data_fingerprint": str(model.manifest["details"].get("data", {}).get("shards_fingerprint")),
               "evaluation_fingerprint": evaluation.fingerprint}))
     ctx.progress.update(done=1, total=1, unit="versions", message=outcome.decision)
     return StageOutput(artifact="registration", count=1,

@@ -67,6 +67,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
         count=rows,
         metrics={"samples": rows, "skipped": len(skipped), **{f"samples_{k}": v for k, v in splits.items()}},
         details={"shards": entries, "splits": splits, "resolution": cfg.resolution, "source": cfg.source.kind,
+                 "sr_factor": cfg.super_resolution.factor if cfg.super_resolution else None,
                  "schema_version": schema_version(), "skipped": skipped, "created_at": time.time()},
     )
 

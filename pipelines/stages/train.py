@@ -76,6 +76,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
                  Placement(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu))
     trained = rebuild(cfg, result.state, upstream)
     state, model_config = trained.export()
+    model_config["data"] = trained_on(shards)
     save_model_dir(ctx.output_uri, state, model_config)
     losses = {k: float(v) for k, v in result.state["metrics"].items()}
     return StageOutput(
@@ -83,9 +84,18 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
         count=int(result.state["step"]),
         step=int(result.state["step"]),
         metrics={**losses, "step": int(result.state["step"]), "resumed_from": int(result.metrics.get("resumed_from", 0))},
-        details={"method": cfg.method, "parameters": count_parameters(trained), "ray_train_run": run_name,
+        details={"method": cfg.method, "task": trained.task, "data": model_config["data"],
+                 "parameters": count_parameters(trained), "ray_train_run": run_name,
                  "ray_train_storage": storage_path, "resumed_from": int(result.metrics.get("resumed_from", 0))},
     )
+
+
+def trained_on(shards: Any) -> dict[str, Any]:
+    """What inference must know of the training data: the face size (restore resizes photos to it)
+    and the SR factor; plus the shards' fingerprint, the model's data lineage."""
+    details = shards.manifest["details"]
+    return {"resolution": details["resolution"], "sr_factor": details.get("sr_factor"),
+            "shards_fingerprint": shards.fingerprint}
 
 
 def rebuild(cfg: Config, state: dict[str, Any], upstream: dict[str, str]) -> Any:

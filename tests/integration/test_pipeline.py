@@ -96,6 +96,33 @@ def test_register_sets_candidate_and_champion_on_the_first_version(first_run):
     assert str(client.get_model_version_by_alias("facerestore-baseline", "champion").version) == "1"
 
 
+def test_pulled_champion_restores_bit_identically_to_the_trained_model_and_restores_a_photo(first_run, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from components.data.schema import decode_png, encode_png
+    from components.models.files import load_model_dir
+    from pipelines.cli import app
+
+    config, record, _ = first_run
+    store = Store(load_config(config).store)
+    pulled = CliRunner().invoke(app, ["pull", "facerestore-baseline@champion", "--out", str(tmp_path / "m"),
+                                      "--tracking-uri", record["tracking_uri"]])
+    assert pulled.exit_code == 0, pulled.output
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    train_fingerprint = record["stages"]["train_baseline"]["fingerprint"]
+    assert train_fingerprint in card and record["stages"]["synthesize"]["fingerprint"] in card  # model -> data lineage
+    trained = load_model_dir(store.artifact("train_baseline", train_fingerprint).uri)
+    batch = {"lq": torch.rand(3, 3, 32, 32), "mask": torch.zeros(3, 1, 32, 32)}
+    assert torch.equal(load_model_dir(str(tmp_path / "m")).restore(batch), trained.restore(batch))
+
+    (tmp_path / "in.png").write_bytes(encode_png((torch.rand(48, 40, 3) * 255).byte().numpy()))
+    restored = CliRunner().invoke(app, ["restore", str(tmp_path / "in.png"), "--model", "models:/facerestore-baseline@candidate",
+                                        "--out", str(tmp_path / "out"), "--tracking-uri", record["tracking_uri"]])
+    assert restored.exit_code == 0, restored.output
+    assert decode_png((tmp_path / "out" / "in.png").read_bytes()).shape == (48, 40, 3)
+
+
 def test_second_run_of_the_same_config_runs_no_stage(first_run):
     config, _, _ = first_run
     record, _ = run(config)

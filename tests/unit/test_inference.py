@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from components.data.schema import decode_png, encode_png
+from components.inference import RestoreError, load_restorer, read_mask, restore_paths, restore_photo
+from components.models import build_method
+from components.models.files import save_model_dir
+from pipelines.cli import app
+
+
+@pytest.fixture
+def baseline_dir(tmp_path):
+    torch.manual_seed(0)
+    method = build_method("baseline", {"width": 8, "depth": 2})
+    state, config = method.export()
+    save_model_dir(str(tmp_path / "model"), state, {**config, "data": {"resolution": 32, "sr_factor": None}})
+    return tmp_path / "model"
+
+
+def photo(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_a_photo_of_any_size_comes_back_at_its_own_size(baseline_dir):
+    restorer = load_restorer(baseline_dir)
+    assert restorer.resolution == 32 and restorer.task == "restoration"
+    assert restore_photo(restorer, photo(50, 70)).shape == (50, 70, 3)
+
+
+def test_a_folder_with_a_bad_file_restores_the_rest_and_names_the_bad_one(baseline_dir, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(encode_png(photo(40, 40)))
+    (folder / "sub" / "b.png").write_bytes(encode_png(photo(36, 48, seed=1)))
+    (folder / "notes.txt").write_text("not an image")
+    report = restore_paths(load_restorer(baseline_dir), [folder], tmp_path / "out")
+    assert sorted(p.name for p, _ in report.written) == ["a.png", "b.png"]
+    assert [(p.name, "decodable" in reason) for p, reason in report.failed] == [("notes.txt", True)]
+    assert decode_png((tmp_path / "out" / "photos" / "sub" / "b.png").read_bytes()).shape == (36, 48, 3)
+
+
+def test_a_missing_model_and_a_model_that_is_no_restorer_are_named(tmp_path):
+    with pytest.raises(RestoreError, match=str(tmp_path / "nowhere")):
+        load_restorer(tmp_path / "nowhere")
+
+
+def test_a_mask_of_the_wrong_size_is_named_with_both_sizes(tmp_path):
+    (tmp_path / "m.png").write_bytes(encode_png(np.zeros((10, 12, 3), np.uint8)))
+    with pytest.raises(RestoreError, match=r"m.png is 12x10 but the photo is 20x20"):
+        read_mask(tmp_path / "m.png", (20, 20))
+
+
+def test_restore_command_exits_1_and_lists_the_file_it_could_not_restore(baseline_dir, tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    good.write_bytes(encode_png(photo(32, 32)))
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    result = CliRunner().invoke(app, ["restore", str(good), str(bad), "--model", str(baseline_dir),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "bad.jpg" in result.output and "restored 1 photo(s)" in result.output
+    assert (tmp_path / "out" / "good.png").exists()
+
+
+def test_restore_command_names_a_missing_model_folder(tmp_path):
+    result = CliRunner().invoke(app, ["restore", str(tmp_path), "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "none" in result.output
