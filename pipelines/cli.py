@@ -131,6 +131,32 @@ def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `fa
         console().print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
 
 
+@app.command()
+def report(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `facerestore runs`)")],
+           store: StoreOpt = ".facerestore") -> None:
+    """The benchmark table of a run's evaluate stage(s): every method and baseline on one split."""
+    from pipelines.display import report_tables
+    from pipelines.store import Store
+
+    try:
+        record = Store(store).load_run(run_id)
+    except FileNotFoundError as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+    shown = 0
+    for name, info in record["stages"].items():
+        manifest = Store(store).manifest(name, info.get("fingerprint", "")) or {}
+        if manifest.get("artifact") == "evaluation":
+            details = manifest["details"]
+            console().print(f"[bold]{name}[/]: {manifest['count']} '{details.get('split')}' samples")
+            for table in report_tables(details):
+                console().print(table)
+            shown += 1
+    if not shown:
+        console().print(f"[bold red]run {run_id} has no finished evaluate stage[/]")
+        raise typer.Exit(2)
+
+
 TrackingOpt = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else the store's SQLite file)")]
 

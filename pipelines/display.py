@@ -127,3 +127,26 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
         table.add_row(run["run_id"], run["config_name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"])),
                       styled(run["state"]), str(states.count("finished")), str(states.count("cached")))
     return table
+
+
+def report_tables(evaluation: dict[str, Any]) -> list[Table]:
+    """The benchmark report of an evaluate stage's manifest details: a table per task, then its breakdown."""
+    from components.metrics.report import best_of, format_cell, metric_names
+
+    tables = []
+    for task, report in evaluation.get("tasks", {}).items():
+        sections = [(task, report["scores"])]
+        sections += [(f"{task} - {report['breakdown']} {group}", scores) for group, scores in report["groups"].items()]
+        for title, scores in sections:
+            metrics = metric_names(scores)
+            table = Table(title=title, title_justify="left")
+            table.add_column("method")
+            for metric in metrics:
+                table.add_column(metric, justify="right")
+            best = {metric: best_of(scores, metric) for metric in metrics}
+            for name, values in scores.items():
+                cells = [format_cell(values.get(m), False) for m in metrics]
+                cells = [f"[bold green]{c}[/]" if best[m] == name else c for c, m in zip(cells, metrics)]
+                table.add_row(name, *cells)
+            tables.append(table)
+    return tables

@@ -37,6 +37,7 @@ class TaskScoring:
     target: Callable[[Batch], Tensor]
     score: Callable[[Tensor, Batch], dict[str, Tensor]]  # per-image values, (N,) each
     baselines: dict[str, Callable[[Batch], Tensor]] = field(default_factory=dict)
+    breakdown: str | None = None  # per-sample group the report splits the scores by (`sample_groups`)
 
 
 def image_scores(out: Tensor, data: Batch) -> dict[str, Tensor]:
@@ -61,6 +62,7 @@ def _sr_factor(data: Batch) -> int:
 
 TASKS: dict[str, TaskScoring] = {
     "restoration": TaskScoring(
+        breakdown="degradation_level",
         columns=("hq", "lq", "mask"),
         method_batch=lambda data: {"lq": data["lq"], "mask": data["mask"]},
         target=lambda data: data["hq"],
@@ -68,6 +70,7 @@ TASKS: dict[str, TaskScoring] = {
         baselines={"input": lambda data: classical.mean_fill(data["lq"], data["mask"])},
     ),
     "inpainting": TaskScoring(
+        breakdown="mask_bucket",
         columns=("hq", "mask"),
         method_batch=lambda data: {"lq": data["hq"], "mask": data["mask"]},
         target=lambda data: data["hq"],
@@ -79,6 +82,7 @@ TASKS: dict[str, TaskScoring] = {
         },
     ),
     "super_resolution": TaskScoring(
+        breakdown="sr_factor",
         columns=("hq", "lr"),
         method_batch=lambda data: {"lr": data["lr"]},
         target=lambda data: data["hq"],
@@ -86,12 +90,41 @@ TASKS: dict[str, TaskScoring] = {
         baselines={"bicubic": lambda data: classical.bicubic(data["lr"], _sr_factor(data))},
     ),
     "edges": TaskScoring(
+        breakdown="mask_bucket",
         columns=("hq", "mask", "edge"),
         method_batch=lambda data: {"lq": data["hq"], "mask": data["mask"]},
         target=lambda data: data["edge"],
         score=edge_map_scores,
     ),
 }
+
+
+# Blind-restoration severity by the downsampling factor, the parameter that hurts a face most
+# (GFPGAN's range 0.8-8 split where the face loses, then keeps losing, its features).
+DEGRADATION_LEVELS = ((2.0, "mild (scale < 2)"), (4.0, "moderate (scale 2-4)"), (float("inf"), "severe (scale >= 4)"))
+
+
+def degradation_level(scale: float) -> str:
+    return next(name for upper, name in DEGRADATION_LEVELS if scale < upper)
+
+
+def sample_groups(table) -> dict[str, list[str]]:
+    """The breakdown groups of each row of a shard table: mask bucket, degradation level, SR factor."""
+    groups = {"mask_bucket": [str(b) for b in table.column("mask_bucket").to_pylist()]}
+    groups["degradation_level"] = [degradation_level(d["scale"]) if d else "none"
+                                   for d in table.column("degradation").to_pylist()]
+    groups["sr_factor"] = [f"x{f}" if f else "none" for f in table.column("sr_factor").to_pylist()]
+    return groups
+
+
+def grouped_means(per_image: dict[str, dict[str, Tensor]], groups: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{group: {name: {metric: mean over that group's samples}}}, groups in sorted order."""
+    index: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        index.setdefault(group, []).append(i)
+    return {group: {name: mean_scores({metric: values[rows] for metric, values in metrics.items()})
+                    for name, metrics in per_image.items()}
+            for group, rows in sorted(index.items())}
 
 
 def task_scoring(task: str) -> TaskScoring | None:

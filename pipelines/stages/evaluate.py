@@ -30,7 +30,8 @@ class Config(BaseModel):
 
 
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
-    from components.metrics.scoring import task_scoring
+    from components.metrics.report import Report
+    from components.metrics.scoring import grouped_means, mean_scores, task_scoring
     from components.models.files import load_model_dir
     from pipelines.stages.inputs import of_kind, one_of_kind
 
@@ -43,48 +44,52 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     if not by_task:  # nothing to score but the data itself: how bad is the untouched input
         by_task = {"restoration": {}}
     columns = sorted({column for task in by_task for column in task_scoring(task).columns})
-    data = read_split(shards, cfg.split, columns)
-    scores: dict[str, dict[str, float]] = {}
-    grids = {}
+    data, groups = read_split(shards, cfg.split, columns)
+    report = Report(split=cfg.split, samples=len(data["hq"]))
     for task, methods in by_task.items():
-        task_scores, outputs = score_task(task, methods, data, cfg.batch_size)
-        scores.update(task_scores)
-        grids[task] = grid(task_scoring(task).target(data), outputs, cfg.grid_rows)
-    metrics = {f"{name}/{metric}": value for name, values in scores.items() for metric, value in values.items()}
-    count = len(data["hq"])
-    write_outputs(ctx, metrics, grids)
-    ctx.progress.update(done=count, total=count, unit="images")
-    return StageOutput(artifact="evaluation", count=count, metrics=metrics,
-                       details={"split": cfg.split, "scores": scores, "models": sorted(models),
-                                "tasks": {task: sorted(methods) for task, methods in by_task.items()}})
+        scoring = task_scoring(task)
+        per_image, outputs = score_task(task, methods, data, cfg.batch_size)
+        report.add_task(task, {name: mean_scores(values) for name, values in per_image.items()},
+                        scoring.breakdown, grouped_means(per_image, groups[scoring.breakdown]),
+                        models=sorted(methods))
+        report.grids[task] = grid(scoring.target(data), outputs, cfg.grid_rows)
+    metrics = report.flat_metrics()
+    write_outputs(ctx, metrics, report)
+    ctx.progress.update(done=report.samples, total=report.samples, unit="images")
+    return StageOutput(artifact="evaluation", count=report.samples, metrics=metrics,
+                       details={"split": cfg.split, "models": sorted(models), **report.as_details()})
 
 
-def read_split(shards: Any, split: str, columns: list[str]) -> dict:
+def read_split(shards: Any, split: str, columns: list[str]) -> tuple[dict, dict[str, list[str]]]:
+    """The split's decoded `columns` as tensors, and each sample's breakdown groups."""
     import torch
 
     from components.data.decode import table_to_arrays
     from components.data.shards import read_shards
+    from components.metrics.scoring import sample_groups
     from pipelines.stages.inputs import shard_uris
 
-    table = read_shards(shard_uris(shards), split=split, columns=columns)
+    table = read_shards(shard_uris(shards), split=split,
+                        columns=sorted({*columns, "mask_bucket", "degradation", "sr_factor"}))
     if table.num_rows == 0:
         raise ValueError(f"shards of '{shards.stage}' hold no '{split}' samples to evaluate on")
     for column in columns:
         if table.column(column).null_count:
             raise ValueError(f"shards of '{shards.stage}' have no '{column}' column values, which scoring needs "
                              f"(for 'lr', set the synthesize stage's super_resolution; for 'edge', its edges)")
-    return {k: torch.from_numpy(v) for k, v in table_to_arrays(table, columns).items()}
+    data = {k: torch.from_numpy(v) for k, v in table_to_arrays(table, columns).items()}
+    return data, sample_groups(table)
 
 
 def score_task(task: str, methods: dict[str, Any], data: dict, batch_size: int) -> tuple[dict, dict]:
-    """({name: {metric: mean}}, {name: outputs}) for the task's baselines and methods, baselines first."""
-    from components.metrics.scoring import mean_scores, task_scoring
+    """({name: {metric: per-image values}}, {name: outputs}) for the task's baselines and methods, baselines first."""
+    from components.metrics.scoring import task_scoring
 
     scoring = task_scoring(task)
     outputs = {name: baseline(data) for name, baseline in scoring.baselines.items()}
     for name, method in methods.items():
         outputs[name] = restore_all(method, scoring.method_batch(data), batch_size)
-    return {name: mean_scores(scoring.score(out, data)) for name, out in outputs.items()}, outputs
+    return {name: scoring.score(out, data) for name, out in outputs.items()}, outputs
 
 
 def restore_all(method: Any, batch: dict, batch_size: int):
@@ -107,20 +112,19 @@ def grid(target, outputs: dict, rows: int):
     return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
-def write_outputs(ctx: StageContext, metrics: dict[str, float], grids: dict) -> None:
+def write_outputs(ctx: StageContext, metrics: dict[str, float], report: Any) -> None:
+    """metrics.json, the report as Markdown, CSV and HTML (with its grids), all logged to MLflow."""
     import tempfile
     from pathlib import Path
 
     from mlflow.tracking import MlflowClient
 
     from components import storage
-    from components.data.schema import encode_png
 
     storage.write_json_atomic(ctx.path("metrics.json"), metrics)
     client = MlflowClient(ctx.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        for task, image in grids.items():
-            png = encode_png(image)
-            storage.write_bytes_atomic(ctx.path(f"grid_{task}.png"), png)
-            Path(tmp, f"grid_{task}.png").write_bytes(png)
-            client.log_artifact(ctx.mlflow_run_id, str(Path(tmp, f"grid_{task}.png")))
+        for name, data in report.files().items():
+            storage.write_bytes_atomic(ctx.path(name), data)
+            Path(tmp, name).write_bytes(data)
+            client.log_artifact(ctx.mlflow_run_id, str(Path(tmp, name)))

@@ -201,3 +201,19 @@ def wait_for_checkpoint(store: Store, run_name: str, minimum_step: int, timeout:
                 return step
         time.sleep(0.5)
     raise AssertionError(f"no checkpoint at step >= {minimum_step} within {timeout}s in {store.train_storage()}")
+
+
+def test_report_command_prints_the_benchmark_table_and_the_evaluation_wrote_it_in_three_formats(first_run):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    config, record, _ = first_run
+    store = Store(load_config(config).store)
+    shown = CliRunner().invoke(app, ["report", record["run_id"], "--store", load_config(config).store],
+                               env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "restoration" in shown.output and "train_baseline" in shown.output and "input" in shown.output
+    assert "severe (scale >= 4)" in shown.output or "mild (scale < 2)" in shown.output
+    evaluation = Path(store.artifact("evaluate", record["stages"]["evaluate"]["fingerprint"]).uri)
+    assert {"report.md", "report.csv", "report.html", "grid_restoration.png"} <= {p.name for p in evaluation.iterdir()}

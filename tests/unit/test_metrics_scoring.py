@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from components.metrics.scoring import TASKS, mean_scores, task_scoring
+from components.metrics.scoring import TASKS, degradation_level, grouped_means, mean_scores, task_scoring
 from components.models import build_method
 from pipelines.stages.evaluate import score_task
 from tests.unit.method_checks import face_batch
@@ -10,7 +10,8 @@ from tests.unit.method_checks import face_batch
 
 def test_inpainting_is_scored_on_the_clean_image_with_holes_against_three_classical_baselines():
     data = face_batch(n=4, columns=TASKS["inpainting"].columns)
-    scores, outputs = score_task("inpainting", {}, data, batch_size=2)
+    per_image, outputs = score_task("inpainting", {}, data, batch_size=2)
+    scores = {name: mean_scores(values) for name, values in per_image.items()}
     assert list(scores) == ["mean_fill", "telea", "navier_stokes"]
     assert {"psnr", "ssim", "l1", "psnr_hole", "l1_hole"} == set(scores["telea"])
     # whole-image PSNR counts the known pixels every method keeps: always above the hole's own PSNR
@@ -21,7 +22,8 @@ def test_inpainting_is_scored_on_the_clean_image_with_holes_against_three_classi
 def test_restorers_face_the_untouched_input_and_are_given_only_the_degraded_image():
     data = face_batch(n=4, columns=TASKS["restoration"].columns)
     model = build_method("baseline", {"width": 8, "depth": 2})
-    scores, outputs = score_task("restoration", {"train_baseline": model}, data, batch_size=3)
+    per_image, outputs = score_task("restoration", {"train_baseline": model}, data, batch_size=3)
+    scores = {name: mean_scores(values) for name, values in per_image.items()}
     assert list(scores) == ["input", "train_baseline"]
     # an untrained baseline returns its hole-filled input: the two score the same
     assert math.isclose(scores["input"]["psnr"], scores["train_baseline"]["psnr"], rel_tol=1e-5)
@@ -30,8 +32,8 @@ def test_restorers_face_the_untouched_input_and_are_given_only_the_degraded_imag
 
 def test_super_resolution_faces_bicubic_at_the_shards_factor():
     data = face_batch(n=2, size=32, columns=TASKS["super_resolution"].columns, super_resolution={"factor": 8})
-    scores, outputs = score_task("super_resolution", {}, data, batch_size=2)
-    assert outputs["bicubic"].shape == data["hq"].shape and set(scores) == {"bicubic"}
+    per_image, outputs = score_task("super_resolution", {}, data, batch_size=2)
+    assert outputs["bicubic"].shape == data["hq"].shape and set(per_image) == {"bicubic"}
 
 
 def test_models_that_are_not_image_restorers_are_not_scored():
@@ -40,3 +42,15 @@ def test_models_that_are_not_image_restorers_are_not_scored():
 
 def test_mean_scores_leave_out_images_with_nothing_to_score():
     assert mean_scores({"psnr_hole": torch.tensor([20.0, float("nan"), 30.0])}) == {"psnr_hole": 25.0}
+
+
+def test_scores_split_by_group_average_only_that_groups_samples():
+    per_image = {"telea": {"psnr": torch.tensor([10.0, 20.0, 30.0, 40.0])}}
+    groups = grouped_means(per_image, ["10-20%", "0-10%", "10-20%", "0-10%"])
+    assert groups == {"0-10%": {"telea": {"psnr": 30.0}}, "10-20%": {"telea": {"psnr": 20.0}}}
+
+
+def test_degradation_levels_split_at_scales_2_and_4():
+    assert [degradation_level(s) for s in (0.8, 1.99, 2.0, 3.9, 4.0, 8.0)] == [
+        "mild (scale < 2)", "mild (scale < 2)", "moderate (scale 2-4)", "moderate (scale 2-4)",
+        "severe (scale >= 4)", "severe (scale >= 4)"]

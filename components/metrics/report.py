@@ -1,0 +1,135 @@
+"""The benchmark report: every method and classical baseline on one held-out split, one table per task.
+
+Rows are the baselines then the trained methods; columns the task's metrics. Under each
+table, the same scores split by the task's breakdown (mask-ratio bucket for inpainting,
+degradation level for blind restoration, scale for super-resolution). Written as Markdown
+(`report.md`), CSV (`report.csv`, one row per task x group x method x metric, "all" for the
+whole split) and an HTML page (`report.html`) that shows each task's image grid
+(`grid_<task>.png`: one column per baseline and method, then the target).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.data.schema import encode_png
+
+ALL = "all"
+# Which way is better, for the reader of a table.
+LOWER_IS_BETTER = {"l1", "l1_hole", "lpips", "fid"}
+
+
+@dataclass
+class TaskReport:
+    scores: dict[str, dict[str, float]]  # name -> metric -> mean
+    breakdown: str | None
+    groups: dict[str, dict[str, dict[str, float]]]  # group -> name -> metric -> mean
+    models: list[str]
+
+
+@dataclass
+class Report:
+    split: str
+    samples: int
+    tasks: dict[str, TaskReport] = field(default_factory=dict)
+    grids: dict[str, Any] = field(default_factory=dict)  # task -> uint8 H x W x 3
+
+    def add_task(self, task: str, scores: dict, breakdown: str | None, groups: dict, models: list[str]) -> None:
+        self.tasks[task] = TaskReport(scores, breakdown, groups, models)
+
+    def flat_metrics(self) -> dict[str, float]:
+        """`<name>/<metric>` over the whole split: what MLflow logs and the register stage compares."""
+        return {f"{name}/{metric}": value for task in self.tasks.values()
+                for name, values in task.scores.items() for metric, value in values.items()}
+
+    def as_details(self) -> dict[str, Any]:
+        return {"scores": {name: values for task in self.tasks.values() for name, values in task.scores.items()},
+                "tasks": {task: {"models": t.models, "scores": t.scores, "breakdown": t.breakdown, "groups": t.groups}
+                          for task, t in self.tasks.items()}}
+
+    def files(self) -> dict[str, bytes]:
+        files = {"report.md": self.markdown().encode(), "report.csv": self.csv().encode(),
+                 "report.html": self.html().encode()}
+        files.update({f"grid_{task}.png": encode_png(image) for task, image in self.grids.items()})
+        return files
+
+    def markdown(self) -> str:
+        lines = [f"# Benchmark: {self.samples} '{self.split}' samples", ""]
+        for task, report in self.tasks.items():
+            lines += [f"## {task}", "", *markdown_table(report.scores), ""]
+            for group, scores in report.groups.items():
+                count = "" if not report.breakdown else f" ({report.breakdown})"
+                lines += [f"### {group}{count}", "", *markdown_table(scores), ""]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["task", "breakdown", "group", "name", "metric", "value"])
+        for task, report in self.tasks.items():
+            for name, values in report.scores.items():
+                for metric, value in values.items():
+                    writer.writerow([task, "", ALL, name, metric, f"{value:.6g}"])
+            for group, scores in report.groups.items():
+                for name, values in scores.items():
+                    for metric, value in values.items():
+                        writer.writerow([task, report.breakdown or "", group, name, metric, f"{value:.6g}"])
+        return out.getvalue()
+
+    def html(self) -> str:
+        parts = [f"<html><head><meta charset='utf-8'><title>facerestore benchmark</title></head><body>",
+                 f"<h1>Benchmark: {self.samples} '{html.escape(self.split)}' samples</h1>"]
+        for task, report in self.tasks.items():
+            parts += [f"<h2>{html.escape(task)}</h2>", html_table(report.scores)]
+            if task in self.grids:
+                names = " | ".join([*report.scores, "target"])
+                parts.append(f"<p>{html.escape(names)}</p><img src='grid_{html.escape(task)}.png'>")
+            for group, scores in report.groups.items():
+                parts += [f"<h3>{html.escape(group)}</h3>", html_table(scores)]
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+
+def metric_names(scores: dict[str, dict[str, float]]) -> list[str]:
+    return list(dict.fromkeys(metric for values in scores.values() for metric in values))
+
+
+def best_of(scores: dict[str, dict[str, float]], metric: str) -> str | None:
+    ranked = [(v[metric], name) for name, v in scores.items() if metric in v and v[metric] == v[metric]]
+    if not ranked:
+        return None
+    return (min(ranked) if metric in LOWER_IS_BETTER else max(ranked))[1]
+
+
+def markdown_table(scores: dict[str, dict[str, float]]) -> list[str]:
+    metrics = metric_names(scores)
+    best = {metric: best_of(scores, metric) for metric in metrics}
+    rows = [f"| method | {' | '.join(metrics)} |", "|---|" + "---:|" * len(metrics)]
+    for name, values in scores.items():
+        cells = [format_cell(values.get(metric), best[metric] == name) for metric in metrics]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return rows
+
+
+def html_table(scores: dict[str, dict[str, float]]) -> str:
+    metrics = metric_names(scores)
+    best = {metric: best_of(scores, metric) for metric in metrics}
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{format_cell(values.get(m), best[m] == name, html_bold=True)}</td>" for m in metrics)
+        + "</tr>" for name, values in scores.items())
+    return f"<table border='1'><tr><th>method</th>{head}</tr>{body}</table>"
+
+
+def format_cell(value: float | None, is_best: bool, html_bold: bool = False) -> str:
+    if value is None:
+        return "unavailable"
+    text = f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    if not is_best:
+        return text
+    return f"<b>{text}</b>" if html_bold else f"**{text}**"
