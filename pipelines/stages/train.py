@@ -19,7 +19,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str = "baseline"
-    lr: float = Field(2e-4, gt=0)
+    lr: float | None = Field(None, gt=0, description="learning rate; null keeps the method's own (its paper's) default")
     steps: int = Field(300, gt=0)
     batch_size: int = Field(8, gt=0)
     workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
@@ -35,7 +35,7 @@ class Config(BaseModel):
         from components.models import method_class
 
         try:
-            method_class(self.method).Config.model_validate({"lr": self.lr, **self.model})
+            method_class(self.method).Config.model_validate(self.method_config())
         except (KeyError, ValueError) as err:
             if isinstance(err, ValidationError):
                 keys = ", ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
@@ -44,7 +44,7 @@ class Config(BaseModel):
         return self
 
     def method_config(self) -> dict[str, Any]:
-        return {"lr": self.lr, **self.model}
+        return {**self.model, **({} if self.lr is None else {"lr": self.lr})}
 
 
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
