@@ -1,0 +1,156 @@
+"""Identity similarity: cosine similarity of ArcFace embeddings of two faces, (N,3,H,W) x2 -> (N,).
+
+Wan et al. 2024 evaluate masked-face inpainting by whether a face recogniser still sees the
+same person; this module scores each (restored, ground-truth) pair by the cosine similarity of
+their face-recognition embeddings: 1 = same direction, range [-1, 1], higher is better.
+
+The recogniser is ArcFace's IResNet (Deng, Guo, Xue, Zafeiriou 2019, "ArcFace: Additive Angular
+Margin Loss for Deep Face Recognition", CVPR; the improved pre-activation ResNet of Duta et al.
+2020 as deepinsight/insightface builds it in recognition/arcface_torch/backbones/iresnet.py),
+rebuilt here with insightface's module names so their released `backbone.pth` (e.g.
+ms1mv3_arcface_r50_fp16) loads key for key with `IdentityNet.from_file(path, depth=50)`:
+- stem: 3x3 conv 64 (stride 1, no bias), BatchNorm, PReLU;
+- four stages of IBasicBlocks, widths 64, 128, 256, 512, each stage starting with stride 2;
+  blocks per stage: iresnet18 (2, 2, 2, 2), iresnet34 (3, 4, 6, 3), iresnet50 (3, 4, 14, 3),
+  iresnet100 (3, 13, 30, 3);
+- IBasicBlock: BN -> 3x3 conv -> BN -> PReLU -> 3x3 conv (carrying the stride) -> BN, plus the
+  identity, or a 1x1 conv + BN shortcut when the shape changes; BatchNorm eps 1e-5;
+- head: BN2d -> flatten (512 x 7 x 7 at 112 px input) -> Dropout (p = 0 in the released
+  models; none here) -> Linear to 512 -> BatchNorm1d, the embedding (`fc_scale = 7 * 7`,
+  `num_features = 512`).
+Input: 112 x 112 RGB normalised as insightface's arcface_torch/inference.py does,
+(x - 0.5) / 0.5 for x in [0, 1]. Faces of another size are resized to 112 (bilinear, with
+antialiasing when shrinking: a 512 px face shrunk without it aliases).
+
+Caveat, not a departure in the network: ArcFace was trained on faces warped to its own
+112 x 112 five-point template; FFHQ-style aligned crops are looser (more hair and
+background), so absolute similarities are lower than on ArcFace crops. The number is meant
+for comparing methods on one test set, as the paper uses it.
+
+Weights: a user's download; `from_file(None)` raises MetricUnavailable. `.pth` read with
+`torch.load(weights_only=True)`, `.safetensors` with the same keys work too. `width` and
+`embedding_dim` shrink the network for tests only (same keys, smaller tensors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.metrics.weights import MetricUnavailable, check_state, read_weights
+
+ARCFACE_INPUT = 112  # insightface arcface_torch: 112 x 112 aligned faces
+ARCFACE_EMBEDDING = 512  # iresnet num_features
+ARCFACE_WIDTH = 64  # iresnet inplanes: stages of 64, 128, 256, 512
+BN_EPS = 1e-5  # iresnet.py, every BatchNorm
+# iresnet.py: iresnet18 / 34 / 50 / 100 blocks per stage.
+IRESNET_LAYOUTS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3),
+}
+
+__all__ = ["IdentityNet", "MetricUnavailable", "available", "identity_similarity"]
+
+
+def available(weights: str | Path | None) -> bool:
+    """True when a weights file is named: identity similarity can then be computed (or fail loudly)."""
+    return weights is not None
+
+
+class IBasicBlock(nn.Module):
+    """Pre-activation residual block: BN, conv3x3, BN, PReLU, conv3x3 (stride), BN, + shortcut."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=BN_EPS)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS)
+        self.prelu = nn.PReLU(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels, eps=BN_EPS)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(channels, eps=BN_EPS))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
+class IdentityNet(nn.Module):
+    """Frozen ArcFace IResNet: [0, 1] RGB faces (N, 3, H, W) -> embeddings (N, embedding_dim), float32."""
+
+    def __init__(self, depth: int = 50, width: int = ARCFACE_WIDTH, embedding_dim: int = ARCFACE_EMBEDDING):
+        super().__init__()
+        if depth not in IRESNET_LAYOUTS:
+            raise ValueError(f"IdentityNet depth must be one of {sorted(IRESNET_LAYOUTS)} (insightface's "
+                             f"iresnet layouts), got {depth}")
+        if width < 1 or embedding_dim < 1:
+            raise ValueError(f"IdentityNet width and embedding_dim must be positive, got {width}, {embedding_dim}")
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width, eps=BN_EPS)
+        self.prelu = nn.PReLU(width)
+        channels = width
+        for stage, blocks in enumerate(IRESNET_LAYOUTS[depth]):
+            out = width * 2**stage
+            layer = [IBasicBlock(channels, out, stride=2)]
+            layer += [IBasicBlock(out, out, stride=1) for _ in range(blocks - 1)]
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*layer))
+            channels = out
+        self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS)
+        spatial = ARCFACE_INPUT // 16  # four stride-2 stages: 112 -> 7
+        self.fc = nn.Linear(channels * spatial * spatial, embedding_dim)
+        self.features = nn.BatchNorm1d(embedding_dim, eps=BN_EPS)
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, depth: int = 50, width: int = ARCFACE_WIDTH,
+                  embedding_dim: int = ARCFACE_EMBEDDING) -> IdentityNet:
+        """The network with insightface's arcface_torch `backbone.pth` (or a safetensors copy) of `depth`.
+
+        Raises MetricUnavailable when `path` is None; FileNotFoundError / ValueError naming the
+        file when it is absent or its keys and shapes are not those of iresnet`depth`.
+        """
+        model = cls(depth, width, embedding_dim)
+        file, raw = read_weights(path, "identity similarity", f"ArcFace iresnet{depth} weights")
+        state = {k.removeprefix("module."): v for k, v in raw.items()}  # a DDP-saved file
+        model.load_state_dict(check_state(file, f"identity similarity (iresnet{depth})", state, model.state_dict()))
+        return model
+
+    def train(self, mode: bool = True) -> IdentityNet:
+        # Frozen: BatchNorm must keep its running statistics.
+        return super().train(False)
+
+    def forward(self, faces: Tensor) -> Tensor:
+        if faces.ndim != 4 or faces.shape[1] != 3:
+            raise ValueError(f"IdentityNet needs (N, 3, H, W) RGB faces, got {tuple(faces.shape)}")
+        device = self.conv1.weight.device
+        with torch.autocast(device.type, enabled=False):
+            x = _resize(faces.to(device).float(), ARCFACE_INPUT)
+            x = (x - 0.5) / 0.5
+            x = self.prelu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            x = torch.flatten(self.bn2(x), 1)
+            return self.features(self.fc(x))
+
+
+def identity_similarity(pred: Tensor, target: Tensor, net: IdentityNet) -> Tensor:
+    """Per-pair cosine similarity of ArcFace embeddings, (N,), in [-1, 1]; 1 for identical faces."""
+    if pred.ndim != 4 or pred.shape != target.shape:
+        raise ValueError(f"identity similarity needs pred and target of one NCHW shape, got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+    with torch.no_grad():
+        a, b = net(pred), net(target)
+    return F.cosine_similarity(a, b, dim=1).clamp(-1.0, 1.0)
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    shrinking = min(x.shape[-2:]) > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
