@@ -1,0 +1,341 @@
+"""Panini-Net's degradation representation encoder (DRE), pretrained with MoCo and InfoNCE.
+
+Paper: Wang, Hu, Zhang 2022 (AAAI), "Panini-Net: GAN Prior Based Degradation-Aware Feature
+Interpolation for Face Restoration", section "Unsupervised Degradation Representation
+Learning" (UDRL). Official code: jianzhangcs/panini, `moco/deg_encoder.py` (the encoder),
+`moco/moco/builder.py` (MoCo), `moco/main_moco.py` + `moco/train.sh` + README "Train Moco"
+(the recipe), `mmedit/models/backbones/panini.py` (how Panini-Net consumes it). MoCo: He et
+al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning"
+(facebookresearch/moco, whose builder the Panini code copies). The encoder itself is the one of
+DASR (Wang et al. 2021, "Unsupervised Degradation Representation Learning for Blind
+Super-Resolution"), which Panini reuses.
+
+Task: "representation", an upstream model for Panini-Net, not an image restorer (`restore`
+raises). Pretraining learns the degradation, not the content: every step draws one fresh set
+of degradation parameters per pair (`components.data.degrade.sample_degradation`, the GFPGAN
+model blur -> downsample -> noise -> JPEG -> resize back) and applies it, with
+`components.data.degrade_gpu.degrade_batch`, to two DIFFERENT faces of the batch (a random
+derangement pairs them; a face is never its own partner). The query encoder sees one, the
+momentum key encoder the other: that is the positive pair; the queue of earlier keys are the
+negatives; the loss is InfoNCE (`components.losses.infonce`). Reads only `hq`
+(N, 3, H, W) in [0, 1]; the degradation is made inside `training_step`, from a numpy generator
+seeded by (config seed, step, rank), so a resumed run draws what the first run drew.
+
+Network (`DegradationEncoder`, official `moco/deg_encoder.py` `Encoder`, layer names kept so
+its state dict maps onto the official one): six 3x3 convs, each followed by BatchNorm and
+LeakyReLU(0.1), widths 64, 64, 128 (stride 2), 128, 256 (stride 2), 256; global average pooling
+gives the representation (N, 256); an MLP head Linear(256, 256), LeakyReLU(0.1),
+Linear(256, 256) gives the vector MoCo contrasts. Here `width` = 64 is the first conv's width
+(the rest are 1x, 2x, 2x, 4x, 4x it) and `dim` = 256 the head's output, MoCo's feature
+dimension. Input preparation, as the official code does it: the image is resized to
+`input_size` = 256 (main_moco.py `Resize((256, 256))`; panini.py `AdaptiveAvgPool2d((256,
+256))`, which is what is used here, in pretraining and in `represent` alike) and mapped to
+[-1, 1] (main_moco.py `Normalize([0.5] * 3, [0.5] * 3)`). `input_size` None keeps the size.
+
+`represent(lq)` -> (N, 4 * width) = (N, 256): the pooled backbone feature of the query encoder,
+BEFORE the MLP head and NOT normalised, from the network in eval mode (BatchNorm running
+statistics) - what Panini-Net feeds its DAFI blocks (panini.py `Encoder.forward` returns `fea`,
+the head is commented out). Panini-Net fine-tunes the DRE with its generator
+(`deg_encoder.requires_grad_(True)`); `DegradationEncoder.represent` is the same map with
+gradients, for a method that embeds `dre.unwrapped("encoder")`.
+
+MoCo settings (moco/moco/builder.py, `MoCo(Encoder)` is built with its defaults; main_moco.py's
+`--moco-dim/-k/-m/-t` flags are parsed but never passed to it, so train.sh's `--moco-t 0.2` has
+no effect): feature dim 256, queue K = 32 * 256 = 8192 keys, key encoder momentum m = 0.999,
+temperature T = 0.07, queue initialised with random unit vectors. Recipe (README "Train Moco",
+main_moco.py defaults): SGD lr 0.03, momentum 0.9, weight decay 1e-4, batch 32, 200 epochs with
+the lr divided by 10 at epochs 120 and 160. The schedule is left out: the training loop owns
+the steps and has no lr schedule.
+
+Distributed (as MoCo's builder): the keys of all ranks are gathered before they are enqueued,
+so every rank's queue holds the same keys; the key batch is shuffled across ranks for the key
+encoder's BatchNorm ("shuffle BN": the statistics of a query's batch and its positive key's
+batch differ, so BatchNorm cannot leak which keys are the current positives). On one process
+there is nothing to shuffle across; the official code, run on one GPU, did the same. Each
+rank draws its own degradations (the seed includes the rank). The key encoder and the queue
+are broadcast from rank 0 at the first step (each rank built its own random copy; DDP
+broadcasts only the wrapped query encoder). The key encoder's BatchNorm running statistics
+then drift apart per rank, as in MoCo: keys are always computed in training mode, so they are
+never used.
+
+Logged per step: `loss` = `infonce`, and `positive_top1`, the fraction of queries whose positive
+key beats every negative (MoCo's "Acc@1" of the (1 + K)-way task; it rises as the loss falls).
+
+Networks: "encoder" (the query encoder, trained, what the loop may wrap in DDP) and
+"key_encoder" (`MomentumKeyEncoder`: the momentum copy, every parameter requires_grad=False
+from construction so it is never wrapped, plus the queue (K, dim) and its pointer as
+registered buffers, so checkpoints and the export carry them).
+
+Degradation ranges: `degradation` defaults to the project's DegradationConfig (GFPGAN v1's
+ranges). The official pairs were made offline into two folders (main_moco.py `ffhq_deg_q`,
+`ffhq_deg_k`, matched by sorted file name) by a script the repository does not hold, so its
+ranges are not known; a recipe narrows them for small faces.
+
+Parameters at the paper's config: 1,278,784 per encoder (1,147,200 backbone incl. BatchNorm,
+131,584 head); neither the paper nor the repository gives a figure. The export holds both
+encoders and the queue (8192 x 256 floats): about 18 MB in float32, so a pretraining run can be
+resumed from it; Panini-Net needs only the query encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from components.data.degrade import DegradationConfig, DegradationParams, sample_degradation
+from components.data.degrade_gpu import degrade_batch
+from components.losses.infonce import contrastive_logits, info_nce
+from components.models.base import MethodBase, MethodConfig
+
+LEAKY_SLOPE = 0.1  # deg_encoder.py: LeakyReLU(0.1) after every conv and in the head
+CHANNEL_MULTIPLIERS = (1, 1, 2, 2, 4, 4)  # deg_encoder.py: 64, 64, 128, 128, 256, 256
+STRIDES = (1, 1, 2, 1, 2, 1)
+
+
+class DREConfig(MethodConfig):
+    lr: float = Field(0.03, gt=0, description="learning rate; 0.03 is main_moco.py's SGD lr (README 'Train Moco')")
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="'sgd' (the official recipe: momentum, weight decay) or 'adam' (lr and betas)")
+    sgd_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (main_moco.py --momentum)")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay (main_moco.py --wd)")
+    width: int = Field(64, gt=0, description="first conv's channels; the six convs have 1, 1, 2, 2, 4, 4 x width")
+    dim: int = Field(256, gt=0, description="MoCo feature dimension: the MLP head's output (builder.py dim)")
+    queue_size: int = Field(8192, gt=0, description="negatives kept in the queue (builder.py K = 32 * 256)")
+    momentum: float = Field(0.999, description="key encoder momentum m in k = m k + (1 - m) q (builder.py m)")
+    temperature: float = Field(0.07, gt=0, description="InfoNCE temperature T (builder.py T)")
+    input_size: int | None = Field(
+        256, gt=0, description="images are average-pooled to this square size first (panini.py); None keeps them")
+    degradation: DegradationConfig = Field(
+        default_factory=DegradationConfig, description="ranges each pair's degradation is drawn from")
+    seed: int = Field(0, description="seed of the degradations drawn in training_step (with the step and rank)")
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_in_unit_interval(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1) (1 would freeze the key encoder), got {value}")
+        return value
+
+
+class DegradationEncoder(nn.Module):
+    """DASR / Panini-Net degradation encoder: conv backbone + global pooling + MLP head.
+
+    Args:
+        width: channels of the first conv; the six convs have (1, 1, 2, 2, 4, 4) x width.
+        dim: output of the MLP head (the vector MoCo contrasts).
+        input_size: images are adaptive-average-pooled to input_size x input_size first; None keeps them.
+
+    Shapes: x (N, 3, H, W) in [0, 1] -> (feature (N, 4 * width), projection (N, dim)), neither
+    normalised. The attribute names `E` and `mlp` and their layer order are the official ones.
+    """
+
+    def __init__(self, width: int = 64, dim: int = 256, input_size: int | None = 256):
+        super().__init__()
+        self.input_size = input_size
+        layers: list[nn.Module] = []
+        c_in = 3
+        for multiplier, stride in zip(CHANNEL_MULTIPLIERS, STRIDES):
+            c_out = width * multiplier
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(LEAKY_SLOPE)]
+            c_in = c_out
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.E = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Linear(c_in, c_in), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(c_in, dim))
+        self.feature_dim = c_in
+
+    def represent(self, x: Tensor) -> Tensor:
+        """(N, 4 * width): the pooled backbone feature Panini-Net consumes (not normalised)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"DegradationEncoder needs (N, 3, H, W) images in [0, 1], got {tuple(x.shape)}")
+        if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
+            x = F.adaptive_avg_pool2d(x, self.input_size)
+        return self.E(x * 2.0 - 1.0).flatten(1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feature = self.represent(x)
+        return feature, self.mlp(feature)
+
+
+class MomentumKeyEncoder(nn.Module):
+    """MoCo's key side: a momentum copy of the query encoder plus the queue of past keys.
+
+    Every parameter is frozen from construction (requires_grad False), so the training loop
+    never wraps it in DDP; it changes only by `momentum_update` and `enqueue`. Buffers:
+    `queue` (K, dim) of L2-normalised keys, one per row, initialised to random unit vectors
+    (builder.py), and `queue_ptr`, the row the next key is written to.
+    """
+
+    def __init__(self, encoder: DegradationEncoder, queue_size: int, dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, dim) L2-normalised float32 keys."""
+        return F.normalize(self.encoder(x)[1].float(), dim=1)
+
+    @torch.no_grad()
+    def momentum_update(self, query_encoder: nn.Module, momentum: float) -> None:
+        """Every parameter k <- m * k + (1 - m) * q (builder.py `_momentum_update_key_encoder`;
+        BatchNorm running statistics are buffers, each encoder keeps its own)."""
+        for key, query in zip(self.encoder.parameters(), query_encoder.parameters(), strict=True):
+            key.mul_(momentum).add_(query.detach() * (1.0 - momentum))
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Writes `keys` (n, dim) over the oldest rows from `queue_ptr` on, wrapping around the end,
+        and moves the pointer n rows on; of a batch longer than the queue only its last K keys stay."""
+        size, count, start = self.queue.shape[0], keys.shape[0], int(self.queue_ptr)
+        kept = keys.detach().to(self.queue.dtype)[-size:]
+        # where the kept keys land when all `count` are written one after another from `start`
+        first = start + count - kept.shape[0]
+        self.queue[(first + torch.arange(kept.shape[0], device=self.queue.device)) % size] = kept
+        self.queue_ptr[0] = (start + count) % size
+
+
+@dataclass(frozen=True)
+class DegradedPairs:
+    """One step's pairs: `queries[i]` is face i, `keys[i]` is face `partner[i]`, both degraded
+    with `params[i]`; float32 (N, 3, H, W) in [0, 1]."""
+
+    queries: Tensor
+    keys: Tensor
+    params: list[DegradationParams]
+    partner: list[int]
+
+
+class DRE(MethodBase):
+    """Panini-Net's degradation representation encoder, pretrained with MoCo (see the module docstring)."""
+
+    name: ClassVar[str] = "dre"
+    task: ClassVar[str] = "representation"
+    inputs: ClassVar[tuple[str, ...]] = ("hq",)
+    Config: ClassVar[type[DREConfig]] = DREConfig
+    cfg: DREConfig
+    _replicas_synced: bool = False  # set per instance once rank 0's key side is broadcast
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        cfg = self.cfg
+        query = DegradationEncoder(cfg.width, cfg.dim, cfg.input_size)
+        key = DegradationEncoder(cfg.width, cfg.dim, cfg.input_size)
+        key.load_state_dict(query.state_dict())  # builder.py: the key encoder starts as a copy
+        return {"encoder": query, "key_encoder": MomentumKeyEncoder(key, cfg.queue_size, cfg.dim)}
+
+    def build_optimizers(self) -> dict[str, Optimizer]:
+        if self.cfg.optimizer == "adam":
+            return {"encoder": self.adam("encoder")}
+        return {"encoder": torch.optim.SGD(self.nets["encoder"].parameters(), lr=self.cfg.lr,
+                                           momentum=self.cfg.sgd_momentum, weight_decay=self.cfg.weight_decay)}
+
+    # -- training ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        self._sync_replicas_once()
+        pairs = self.degraded_pairs(batch["hq"].to(self.device), step)
+        key_side: MomentumKeyEncoder = self.nets["key_encoder"]
+        opt = self.opts["encoder"]
+        opt.zero_grad(set_to_none=True)
+        query = F.normalize(self.nets["encoder"](pairs.queries)[1].float(), dim=1)
+        with torch.no_grad():
+            key_side.momentum_update(self.unwrapped("encoder"), self.cfg.momentum)
+            keys = self._encode_keys(pairs.keys)
+        negatives = key_side.queue.clone()
+        loss = info_nce(query, keys, negatives, self.cfg.temperature)
+        loss.backward()
+        opt.step()
+        key_side.enqueue(_gather_from_all_ranks(keys))
+        with torch.no_grad():
+            top1 = (contrastive_logits(query, keys, negatives).argmax(dim=1) == 0).float().mean()
+        value = loss.item()
+        return {"loss": value, "infonce": value, "positive_top1": top1.item()}
+
+    def degraded_pairs(self, hq: Tensor, step: int) -> DegradedPairs:
+        """Face i and face partner[i] (partner a derangement) degraded with the same fresh params[i].
+
+        Drawn from numpy / torch generators seeded by (cfg.seed, step, rank): the same step gives
+        the same pairs on a resumed run; each rank draws its own. Degraded in float32 (autocast
+        off: bf16 would coarsen the 0-255 blur sums).
+        """
+        n = hq.shape[0]
+        if n < 2:
+            raise ValueError(f"dre pairs two different faces of a batch, so it needs batch_size >= 2, got {n}")
+        rng = np.random.default_rng([self.cfg.seed, step, _rank()])
+        params = [sample_degradation(rng, self.cfg.degradation) for _ in range(n)]
+        partner = derangement(n, rng)
+        noise = torch.Generator(device=hq.device).manual_seed(int(rng.integers(2**62)))
+        with torch.autocast(hq.device.type, enabled=False):
+            faces = torch.cat([hq, hq[partner]]).float() * 255.0
+            degraded = degrade_batch(faces, params + params, noise).float() / 255.0
+        return DegradedPairs(degraded[:n], degraded[n:], params, partner)
+
+    def _encode_keys(self, images: Tensor) -> Tensor:
+        """(N, dim) normalised keys of this rank's images; across ranks, with MoCo's shuffle BN
+        (builder.py `_batch_shuffle_ddp` / `_batch_unshuffle_ddp`)."""
+        key_side = self.nets["key_encoder"]
+        if not _distributed():
+            return key_side(images)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        everything = _gather_from_all_ranks(images)
+        order = torch.randperm(everything.shape[0]).to(images.device)
+        dist.broadcast(order, src=0)
+        mine = order.view(world, -1)[rank]
+        keys = _gather_from_all_ranks(key_side(everything[mine]))
+        return keys[torch.argsort(order).view(world, -1)[rank]]
+
+    def _sync_replicas_once(self) -> None:
+        """Rank 0's key encoder and queue on every rank (each built its own random copy)."""
+        if self._replicas_synced or not _distributed():
+            return
+        key_side = self.unwrapped("key_encoder")
+        for tensor in [*key_side.parameters(), *key_side.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+        self._replicas_synced = True
+
+    # -- inference -----------------------------------------------------------------------
+    def represent(self, lq: Tensor) -> Tensor:
+        """(N, 4 * width) float32 degradation vector of `lq` (N, 3, H, W) in [0, 1]: the query
+        encoder's pooled feature in eval mode, NOT L2-normalised (what Panini-Net consumes)."""
+        with self.evaluating():
+            return self.unwrapped("encoder").represent(lq.to(self.device)).float()
+
+    def restore(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError(
+            "method 'dre' is a degradation representation encoder (task 'representation'), not an image "
+            "restorer: call DRE.represent(lq) for the (N, 4 * width) degradation vector Panini-Net consumes")
+
+
+def derangement(n: int, rng: np.random.Generator) -> list[int]:
+    """A random permutation with no fixed point (n >= 2): a random n-cycle, so no face is its own partner."""
+    order = rng.permutation(n)
+    partner = [0] * n
+    for i in range(n):
+        partner[order[i]] = int(order[(i + 1) % n])
+    return partner
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@torch.no_grad()
+def _gather_from_all_ranks(tensor: Tensor) -> Tensor:
+    """Every rank's `tensor` concatenated in rank order (builder.py `concat_all_gather`); no gradient."""
+    if not _distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
