@@ -124,6 +124,12 @@ class MethodBase(ABC):
     @abstractmethod
     def restore(self, batch: dict[str, Tensor]) -> Tensor: ...
 
+    @classmethod
+    def columns(cls, cfg: MethodConfig) -> tuple[str, ...]:
+        """The shard columns a method with this config trains on: `inputs`, unless a method's
+        config chooses its input (Panini reads `lq` for blind restoration, `lr` for SR)."""
+        return cls.inputs
+
     # -- the contract ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         """The live dict: the training loop moves these and may replace entries by DDP wrappers."""

@@ -20,7 +20,7 @@ class Config(BaseModel):
 
     method: str = "baseline"
     lr: float | None = Field(None, gt=0, description="learning rate; null keeps the method's own (its paper's) default")
-    steps: int = Field(300, gt=0)
+    steps: int = Field(300, ge=0, description="0: no training, export the method as built (an imported checkpoint)")
     batch_size: int = Field(8, gt=0)
     workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -51,19 +51,21 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components import storage
     from components.data.ray_dataset import shard_dataset
     from components.models import method_class
-    from components.models.files import save_model_dir
     from components.training.spec import TrainSpec
     from components.training.trainer import Placement, fit
     from pipelines.stages.inputs import one_of_kind, shard_uris
 
     method = method_class(cfg.method)
     shards = one_of_kind(inputs, "shards", ctx.stage)
-    datasets = {"train": shard_dataset(shard_uris(shards), "train", method.inputs)}
+    upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
+    if cfg.steps == 0:
+        return export_untrained(ctx, cfg, shards, upstream)
+    columns = method.columns(method.Config.model_validate(cfg.method_config()))
+    datasets = {"train": shard_dataset(shard_uris(shards), "train", columns)}
     if getattr(method, "unpaired", ()):
         # A second stream of the same split, globally reshuffled: what an unpaired method's
         # discriminator sees as real never lines up with the generator's inputs.
         datasets["unpaired"] = shard_dataset(shard_uris(shards), "train", method.unpaired).random_shuffle(seed=cfg.seed + 1)
-    upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
     spec = TrainSpec(method=cfg.method, method_config=cfg.method_config(), steps=cfg.steps,
                      batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                      seed=cfg.seed, upstream=upstream, tracking_uri=ctx.tracking_uri,
@@ -75,19 +77,39 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     result = fit(spec, datasets, storage_path, run_name,
                  Placement(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu))
     trained = rebuild(cfg, result.state, upstream)
-    state, model_config = trained.export()
-    model_config["data"] = trained_on(shards)
-    save_model_dir(ctx.output_uri, state, model_config)
+    resumed_from = int(result.metrics.get("resumed_from", 0))
+    data = save_trained(ctx, trained, shards)
     losses = {k: float(v) for k, v in result.state["metrics"].items()}
     return StageOutput(
         artifact="model",
         count=int(result.state["step"]),
         step=int(result.state["step"]),
-        metrics={**losses, "step": int(result.state["step"]), "resumed_from": int(result.metrics.get("resumed_from", 0))},
-        details={"method": cfg.method, "task": trained.task, "data": model_config["data"],
-                 "parameters": count_parameters(trained), "ray_train_run": run_name,
-                 "ray_train_storage": storage_path, "resumed_from": int(result.metrics.get("resumed_from", 0))},
+        metrics={**losses, "step": int(result.state["step"]), "resumed_from": resumed_from},
+        details={"method": cfg.method, "task": trained.task, "data": data, "parameters": count_parameters(trained),
+                 "ray_train_run": run_name, "ray_train_storage": storage_path, "resumed_from": resumed_from},
     )
+
+
+def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict[str, str]) -> StageOutput:
+    """steps: 0 - the method as its config builds it (e.g. a prior importing public FFHQ weights), no Ray Train."""
+    from components.models import build_method
+
+    method = build_method(cfg.method, cfg.method_config(), upstream)
+    data = save_trained(ctx, method, shards)
+    ctx.progress.update(done=0, total=0, unit="steps", message="exported as built (steps: 0)")
+    return StageOutput(artifact="model", count=0, step=0, metrics={"step": 0},
+                       details={"method": cfg.method, "task": method.task, "data": data,
+                                "parameters": count_parameters(method), "trained": False})
+
+
+def save_trained(ctx: StageContext, method: Any, shards: Any) -> dict[str, Any]:
+    """The model directory users receive (safetensors + config.json with its data); returns that data."""
+    from components.models.files import save_model_dir
+
+    state, model_config = method.export()
+    model_config["data"] = trained_on(shards)
+    save_model_dir(ctx.output_uri, state, model_config)
+    return model_config["data"]
 
 
 def trained_on(shards: Any) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""pipelines/configs/face_sr.yaml and masked_face.yaml at test size, on the shared local Ray."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from pipelines.config import load_config
+from pipelines.dag import Selection
+from pipelines.runner import Runner
+from tests.integration.recipes import train_settings, write_tiny_recipe
+
+pytestmark = pytest.mark.integration
+
+
+def run_tiny(name, directory, settings):
+    config = write_tiny_recipe(name, directory, {"synthesize.source.count": 160, "synthesize.shard_size": 80,
+                                                 "synthesize.resolution": 32, **settings})
+    return Runner(load_config(config), Selection(), console=Console(file=io.StringIO())).run()
+
+
+def test_face_sr_recipe_trains_ctcnet_and_scores_it_beside_bicubic(tmp_path, ray_address):
+    record = run_tiny("face_sr", tmp_path, train_settings(["train_ctcnet"]))
+    assert record["state"] == "finished"
+    metrics = record["stages"]["evaluate"]["metrics"]
+    assert {"bicubic/psnr", "train_ctcnet/psnr", "train_ctcnet/ssim"} <= set(metrics)
+    assert record["stages"]["register"]["metrics"]["version"] == 1
+
+
+def test_masked_face_recipe_trains_without_pairs_and_scores_beside_mean_fill_and_telea(tmp_path, ray_address):
+    record = run_tiny("masked_face", tmp_path, train_settings(["train_contrastive_inpaint"]))
+    assert record["state"] == "finished"
+    metrics = record["stages"]["evaluate"]["metrics"]
+    for name in ("mean_fill", "telea", "navier_stokes", "train_contrastive_inpaint"):
+        assert f"{name}/psnr_hole" in metrics
