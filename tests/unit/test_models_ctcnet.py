@@ -26,16 +26,6 @@ TINY = {"scale": 4, "width": 8, "encoder_blocks": [1, 1, 1], "refinement_blocks"
 OFFICIAL_FORWARD_PARAMETERS = 22_407_699
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Hundreds of small ops per step: on a shared 2-core machine two OpenMP threads spin-wait
-    # for each other and a step takes ~30x longer.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sr_batch(n=4, size=32, factor=4, seed=0):
     return face_batch(n=n, size=size, columns=("hq", "lr"), seed=seed, super_resolution={"factor": factor})
 

@@ -25,15 +25,6 @@ TINY = {"width": 8, "dim": 16, "queue_size": 32, "input_size": None, "momentum":
         "degradation": SMALL_DEGRADATION}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs run several times faster on one thread than on two contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def faces():
     return face_batch(n=8, size=32, columns=("hq",), seed=0)

@@ -32,15 +32,6 @@ TINY = {"resolution": 16, "style_dim": 16, "n_mlp": 2, "width_scale": 1 / 64, "e
 REGULARISE_EVERY_STEP = {"d_reg_every": 1, "g_reg_every": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs on a shared 2-core machine run ~50x faster on one thread than oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> StyleGAN2:
     torch.manual_seed(0)
     return build_method("stylegan2", {**TINY, **overrides})
