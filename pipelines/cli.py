@@ -80,6 +80,8 @@ def cached_notes(cfg, entries) -> dict[str, str]:
 def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
         force: ForceOpt = None, preset: PresetOpt = None,
         address: Annotated[Optional[str], typer.Option(help="Ray cluster address (else RAY_ADDRESS, else local)")] = None,
+        run_id: Annotated[Optional[str], typer.Option(
+            "--run-id", help="pipeline run id to use (`submit` passes the one it printed); must be new")] = None,
         ) -> None:
     """Run the pipeline: every stage that is not cached, in order."""
     from pipelines.dag import SelectionError
@@ -87,7 +89,9 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
     from pipelines.runner import Runner, StageFailed
 
     cfg = _load(config, set_, preset)
-    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console())
+    if run_id is not None:
+        _check_new_run_id(run_id, cfg.store)
+    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console(), run_id=run_id)
     try:
         record = runner.run()
     except SelectionError as err:
@@ -99,6 +103,117 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
     console().print(summary_table(record))
     if all(s["state"] == "cached" for s in record["stages"].values()):
         console().print("every stage is cached: nothing ran")
+
+
+def _check_new_run_id(run_id: str, store: str) -> None:
+    """A given run id is well formed and not taken: a second run must not overwrite the first one's record."""
+    from components import storage
+    from pipelines.jobs import JobError, check_run_id
+    from pipelines.store import Store
+
+    try:
+        check_run_id(run_id)
+    except JobError as err:
+        console().print(f"[bold red]--run-id:[/] {err}")
+        raise typer.Exit(2) from None
+    if storage.exists(Store(store).run_uri(run_id)):
+        console().print(f"[bold red]--run-id:[/] pipeline run '{run_id}' already exists in store {Store(store).uri}")
+        raise typer.Exit(2)
+
+
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--address", help="the head's job server, http://HEAD:8265 (else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS)")]
+
+
+def _jobs(address: str | None):
+    from pipelines.jobs import JobError, Jobs
+
+    try:
+        return Jobs(address)
+    except JobError as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def submit(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
+           force: ForceOpt = None, preset: PresetOpt = None, address: AddressOpt = None,
+           pip: Annotated[bool, typer.Option(
+               "--pip/--no-pip", help="install pyproject.toml's requirements in the job (runtime_env pip; needs "
+                                      "internet on the cluster); default: the cluster image's environment")] = False,
+           env: Annotated[Optional[list[str]], typer.Option(
+               "--env", help="NAME=VALUE in the job's environment (repeatable; shown in the dashboard, so no secrets)")] = None,
+           working_dir: Annotated[Optional[Path], typer.Option(
+               "--working-dir", help="directory uploaded as the job's working_dir, CONFIG inside it "
+                                     "[default: this project checkout; none for an installed package]")] = None,
+           ) -> None:
+    """Send the run to a Ray cluster as a Ray Job; print the job id and the pipeline run id, and return."""
+    from pipelines.jobs import JobError, RunOptions, build_submission, default_working_dir, parse_env
+    from pipelines.runner import new_run_id
+
+    cfg = _load(config, set_, preset)
+    options = RunOptions(tuple(set_ or ()), preset, only, from_, tuple(force or ()))
+    try:
+        submission = build_submission(config, cfg.name, cfg.store, list(cfg.stages), options, new_run_id(),
+                                      working_dir or default_working_dir(), pip=pip, env=parse_env(env or []))
+    except JobError as err:
+        console().print(f"[bold red]cannot submit:[/] {err}")
+        raise typer.Exit(2) from None
+    jobs = _jobs(address)
+    try:
+        job_id = jobs.submit(submission)
+    except JobError as err:
+        console().print(f"[bold red]cannot submit:[/] {err}")
+        raise typer.Exit(2) from None
+    out = console()
+    out.print(f"job id: {job_id}", highlight=False)
+    out.print(f"pipeline run id: {submission.run_id}", highlight=False)
+    out.print(f"follow: facerestore logs {job_id} --follow --address {jobs.address}\n"
+              f"status: facerestore status {submission.run_id} --store {cfg.store}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def logs(job_id: Annotated[str, typer.Argument(help="Ray job id (printed by `submit`)")],
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded")] = False,
+         address: AddressOpt = None) -> None:
+    """A submitted job's driver output (the pipeline's progress and summary)."""
+    import sys
+
+    from pipelines.jobs import JobError
+
+    jobs = _jobs(address)
+    try:
+        if follow:
+            state = jobs.follow(job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        else:
+            sys.stdout.write(jobs.logs(job_id))
+            state = jobs.status(job_id)
+    except JobError as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console().print(f"\nstopped following; job {job_id} goes on (`facerestore stop {job_id}` ends it)")
+        raise typer.Exit(130) from None
+    Console(stderr=True).print(f"job {job_id}: {state}", highlight=False)
+    if follow and state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(job_id: Annotated[str, typer.Argument(help="Ray job id (printed by `submit`)")],
+         address: AddressOpt = None) -> None:
+    """Stop a submitted job. Rerunning its config later resumes: finished stages stay cached."""
+    from pipelines.jobs import JobError
+
+    jobs = _jobs(address)
+    try:
+        stopped = jobs.stop(job_id)
+        state = jobs.status(job_id)
+    except JobError as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+    message = f"asked job {job_id} to stop" if stopped else f"job {job_id} had already ended"
+    console().print(f"{message} (now {state})", highlight=False)
 
 
 @app.command()

@@ -52,6 +52,10 @@ def connect_ray(cfg: PipelineConfig, address: str | None = None) -> None:
         return
     address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     quiet: dict[str, Any] = {"log_to_driver": os.environ.get("FACERESTORE_RAY_LOGS") == "1", "include_dashboard": False}
+    if address and address.startswith(("http://", "https://")):
+        raise ValueError(f"{address} is a Ray Jobs (dashboard) address: send the run there with "
+                         f"`facerestore submit CONFIG --address {address}`; `run` joins a cluster by its "
+                         "GCS address (HEAD:6379) or `auto`")
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -71,6 +75,7 @@ class Runner:
     selection: Selection = Selection()
     address: str | None = None
     console: Console | None = None
+    run_id: str | None = None  # given by `facerestore submit`, which prints it before the job starts
 
     def run(self) -> dict[str, Any]:
         from pipelines.display import LiveView
@@ -93,7 +98,7 @@ class Runner:
 
     def _new_record(self, store: Store, entries: list[PlanEntry]) -> dict[str, Any]:
         return {
-            "run_id": new_run_id(),
+            "run_id": self.run_id or new_run_id(),
             "config_name": self.cfg.name,
             "config": resolved_config(self.cfg),
             "store": store.uri,
