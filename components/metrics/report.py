@@ -44,7 +44,7 @@ class Report:
     def flat_metrics(self) -> dict[str, float]:
         """`<name>/<metric>` over the whole split: what MLflow logs and the register stage compares."""
         return {f"{name}/{metric}": value for task in self.tasks.values()
-                for name, values in task.scores.items() for metric, value in values.items()}
+                for name, values in task.scores.items() for metric, value in values.items() if value is not None}
 
     def as_details(self) -> dict[str, Any]:
         return {"scores": {name: values for task in self.tasks.values() for name, values in task.scores.items()},
@@ -73,7 +73,7 @@ class Report:
         for task, report in self.tasks.items():
             for name, values in report.scores.items():
                 for metric, value in values.items():
-                    writer.writerow([task, "", ALL, name, metric, f"{value:.6g}"])
+                    writer.writerow([task, "", ALL, name, metric, "unavailable" if value is None else f"{value:.6g}"])
             for group, scores in report.groups.items():
                 for name, values in scores.items():
                     for metric, value in values.items():
@@ -99,7 +99,7 @@ def metric_names(scores: dict[str, dict[str, float]]) -> list[str]:
 
 
 def best_of(scores: dict[str, dict[str, float]], metric: str) -> str | None:
-    ranked = [(v[metric], name) for name, v in scores.items() if metric in v and v[metric] == v[metric]]
+    ranked = [(v[metric], name) for name, v in scores.items() if v.get(metric) is not None and v[metric] == v[metric]]
     if not ranked:
         return None
     return (min(ranked) if metric in LOWER_IS_BETTER else max(ranked))[1]

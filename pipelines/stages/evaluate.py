@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.metrics.learned import LearnedMetricsConfig
 from pipelines.context import StageContext, StageOutput
 
 CODE_VERSION = "2"
@@ -27,9 +28,12 @@ class Config(BaseModel):
     split: str = "test"
     batch_size: int = Field(32, gt=0)
     grid_rows: int = Field(8, ge=0, description="samples shown in each grid_<task>.png")
+    learned: LearnedMetricsConfig = Field(default_factory=LearnedMetricsConfig,
+                                          description="weights of LPIPS / FID / identity; unset = unavailable")
 
 
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
+    from components.metrics.learned import LearnedMetrics
     from components.metrics.report import Report
     from components.metrics.scoring import grouped_means, mean_scores, task_scoring
     from components.models.files import load_model_dir
@@ -46,11 +50,17 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     columns = sorted({column for task in by_task for column in task_scoring(task).columns})
     data, groups = read_split(shards, cfg.split, columns)
     report = Report(split=cfg.split, samples=len(data["hq"]))
+    learned = LearnedMetrics(cfg.learned)
     for task, methods in by_task.items():
         scoring = task_scoring(task)
         per_image, outputs = score_task(task, methods, data, cfg.batch_size)
-        report.add_task(task, {name: mean_scores(values) for name, values in per_image.items()},
-                        scoring.breakdown, grouped_means(per_image, groups[scoring.breakdown]),
+        means = {name: mean_scores(values) for name, values in per_image.items()}
+        if task != "edges":  # the learned metrics judge images, not edge maps
+            target = scoring.target(data)
+            for name, out in outputs.items():
+                per_image[name].update(learned.per_image(out, target))
+                means[name] = learned.unavailable({**mean_scores(per_image[name]), **learned.per_set(out, target)})
+        report.add_task(task, means, scoring.breakdown, grouped_means(per_image, groups[scoring.breakdown]),
                         models=sorted(methods))
         report.grids[task] = grid(scoring.target(data), outputs, cfg.grid_rows)
     metrics = report.flat_metrics()

@@ -36,3 +36,11 @@ def test_files_hold_the_three_formats_and_the_grid_the_html_page_shows():
 
 def test_flat_metrics_are_what_the_register_stage_looks_up():
     assert sample_report().flat_metrics()["train_cafin/psnr"] == 25.0
+
+
+def test_a_metric_without_weights_is_printed_unavailable_and_never_logged_as_a_number():
+    report = Report(split="test", samples=2)
+    report.add_task("restoration", {"input": {"psnr": 20.0, "lpips": None, "fid": None}}, None, {}, models=[])
+    assert "| input | **20.00** | unavailable | unavailable |" in report.markdown()
+    assert report.flat_metrics() == {"input/psnr": 20.0}
+    assert "unavailable" in report.csv()

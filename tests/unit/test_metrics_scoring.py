@@ -54,3 +54,12 @@ def test_degradation_levels_split_at_scales_2_and_4():
     assert [degradation_level(s) for s in (0.8, 1.99, 2.0, 3.9, 4.0, 8.0)] == [
         "mild (scale < 2)", "mild (scale < 2)", "moderate (scale 2-4)", "moderate (scale 2-4)",
         "severe (scale >= 4)", "severe (scale >= 4)"]
+
+
+def test_learned_metrics_without_weights_are_unavailable_not_numbers():
+    from components.metrics.learned import LearnedMetrics, LearnedMetricsConfig
+
+    learned = LearnedMetrics(LearnedMetricsConfig())
+    images = torch.rand(2, 3, 32, 32)
+    assert learned.per_image(images, images) == {} and learned.per_set(images, images) == {}
+    assert learned.unavailable({"psnr": 30.0}) == {"psnr": 30.0, "lpips": None, "identity": None, "fid": None}
