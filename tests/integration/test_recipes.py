@@ -21,11 +21,20 @@ def run_tiny(name, directory, settings):
     return Runner(load_config(config), Selection(), console=Console(file=io.StringIO())).run()
 
 
-def test_face_sr_recipe_trains_ctcnet_and_scores_it_beside_bicubic(tmp_path, ray_address):
-    record = run_tiny("face_sr", tmp_path, train_settings(["train_ctcnet"]))
+def test_face_sr_recipe_trains_ctcnet_and_scores_it_beside_bicubic_with_lpips_from_local_weights(tmp_path, ray_address):
+    import torch
+
+    from tests.unit.test_metrics_lpips import official_heads_state, torchvision_vgg16_state
+
+    torch.save(torchvision_vgg16_state(), tmp_path / "vgg16.pth")
+    torch.save(official_heads_state(), tmp_path / "vgg.pth")
+    record = run_tiny("face_sr", tmp_path, {**train_settings(["train_ctcnet"]),
+                                            "evaluate.learned": {"lpips_backbone": str(tmp_path / "vgg16.pth"),
+                                                                 "lpips_heads": str(tmp_path / "vgg.pth")}})
     assert record["state"] == "finished"
     metrics = record["stages"]["evaluate"]["metrics"]
-    assert {"bicubic/psnr", "train_ctcnet/psnr", "train_ctcnet/ssim"} <= set(metrics)
+    assert {"bicubic/psnr", "train_ctcnet/psnr", "train_ctcnet/ssim", "train_ctcnet/lpips", "bicubic/lpips"} <= set(metrics)
+    assert not any(key.endswith(("/fid", "/identity")) for key in metrics)  # no weights given: unavailable
     assert record["stages"]["register"]["metrics"]["version"] == 1
 
 
