@@ -95,7 +95,7 @@ def test_export_then_load_method_restores_identically():
     for step in range(1, 3):
         method.training_step(batch, step)
     state, config = method.export()
-    assert config == {"method": "baseline", "config": {"lr": 2e-4, "betas": [0.9, 0.99], **TINY}}
+    assert config == {"method": "baseline", "task": "restoration", "config": {"lr": 2e-4, "betas": [0.9, 0.99], **TINY}}
     assert all(key.startswith("g.") for key in state)
     loaded = load_method(state, config)
     assert isinstance(loaded, Baseline)
