@@ -19,6 +19,16 @@ def baseline_dir(tmp_path):
     return tmp_path / "model"
 
 
+@pytest.fixture
+def inpainting_dir(tmp_path):
+    torch.manual_seed(0)
+    method = build_method("cafin", {"width": 8, "depth": 2, "refine_width": 8, "residual_blocks": 1,
+                                    "attention_heads": 2, "d_width": 8})
+    state, config = method.export()
+    save_model_dir(str(tmp_path / "cafin"), state, {**config, "data": {"resolution": 32, "sr_factor": None}})
+    return tmp_path / "cafin"
+
+
 def photo(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
@@ -66,3 +76,39 @@ def test_restore_command_exits_1_and_lists_the_file_it_could_not_restore(baselin
 def test_restore_command_names_a_missing_model_folder(tmp_path):
     result = CliRunner().invoke(app, ["restore", str(tmp_path), "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "none" in result.output
+
+
+def test_inpainting_keeps_every_known_pixel_of_the_full_size_photo(inpainting_dir, tmp_path):
+    restorer = load_restorer(inpainting_dir)
+    assert restorer.task == "inpainting"
+    original = photo(60, 44)
+    holes = np.zeros((60, 44), np.uint8)
+    holes[20:35, 10:30] = 1
+    out = restore_photo(restorer, original, holes)
+    assert out.shape == original.shape
+    assert np.array_equal(out[holes == 0], original[holes == 0])
+
+
+def test_an_inpainting_model_without_a_mask_is_refused_naming_the_option(inpainting_dir, tmp_path):
+    with pytest.raises(RestoreError, match="--mask"):
+        restore_paths(load_restorer(inpainting_dir), [tmp_path], tmp_path / "out")
+
+
+def test_a_folder_with_one_mask_restores_the_photos_of_its_size_and_names_the_others(inpainting_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "fits.png").write_bytes(encode_png(photo(40, 40)))
+    (folder / "other_size.png").write_bytes(encode_png(photo(48, 40)))
+    mask = np.zeros((40, 40, 3), np.uint8)
+    mask[10:20, 10:20] = 255
+    (tmp_path / "mask.png").write_bytes(encode_png(mask))
+    report = restore_paths(load_restorer(inpainting_dir), [folder], tmp_path / "out", tmp_path / "mask.png")
+    assert [p.name for p, _ in report.written] == ["fits.png"]
+    assert [(p.name, "40x40" in reason) for p, reason in report.failed] == [("other_size.png", True)]
+
+
+def test_a_model_that_does_not_restore_photos_is_refused(tmp_path):
+    state, config = build_method("dre", {"width": 4, "dim": 8, "queue_size": 8}).export()
+    save_model_dir(str(tmp_path / "dre"), state, {**config, "data": {"resolution": 32}})
+    with pytest.raises(RestoreError, match="does not restore photos"):
+        load_restorer(tmp_path / "dre")
