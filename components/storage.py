@@ -3,6 +3,13 @@
 Every write that another process may read is atomic: the bytes go to a temporary name in
 the same folder and are renamed into place, so a killed writer never leaves a file that
 looks whole.
+
+S3-compatible stores other than AWS (MinIO, Ceph, moto) are named by the AWS SDKs' standard
+variables, AWS_ENDPOINT_URL_S3 or else AWS_ENDPOINT_URL (e.g. http://minio:9000), read here
+and passed to pyarrow as `endpoint_override`: pyarrow's own reading of them depends on its
+version and on how the filesystem is built (`S3FileSystem()` ignores them in pyarrow 25).
+Credentials come from the environment too (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never
+from the URI: a URI is recorded in run records and MLflow params.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -28,14 +36,35 @@ def normalize(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri)) if is_local(uri) else uri.rstrip("/")
 
 
+# The AWS SDKs' order: the service-specific variable wins over the global one.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint the environment names, if any (None: AWS S3 itself)."""
+    return next((os.environ[name] for name in S3_ENDPOINT_VARIABLES if os.environ.get(name)), None)
+
+
+def has_password(uri: str) -> bool:
+    """Whether a URI carries a secret in its user info (scheme://user:secret@host/...)."""
+    return "://" in uri and urlsplit(uri).password is not None
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     uri = normalize(uri)
     if is_local(uri):
         return pafs.LocalFileSystem(), uri
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(_with_endpoint(uri))
     except (pa.ArrowInvalid, ValueError) as err:
         raise ValueError(f"cannot open storage URI {uri!r}: {err}") from err
+
+
+def _with_endpoint(uri: str) -> str:
+    endpoint = s3_endpoint()
+    if not uri.startswith("s3://") or endpoint is None or "endpoint_override=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}endpoint_override={quote(endpoint, safe='')}"
 
 
 def join(uri: str, *parts: str) -> str:

@@ -84,6 +84,7 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
             "--run-id", help="pipeline run id to use (`submit` passes the one it printed); must be new")] = None,
         ) -> None:
     """Run the pipeline: every stage that is not cached, in order."""
+    from components.tracking.runs import TrackingRefused
     from pipelines.display import summary_table
     from pipelines.runner import Runner, StageFailed
 
@@ -93,7 +94,7 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
     runner = Runner(cfg, _selection(only, from_, force), address=address, console=console(), run_id=run_id)
     try:
         record = runner.run()
-    except ValueError as err:  # a bad selection, or an address `run` cannot join
+    except (ValueError, TrackingRefused) as err:  # a bad selection, an address `run` cannot join, a refused login
         console().print(f"[bold red]cannot run:[/] {err}")
         raise typer.Exit(2) from None
     except StageFailed as err:

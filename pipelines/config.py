@@ -132,9 +132,22 @@ def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
         raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> settings")
     stages = {name: parse_stage(name, body or {}) for name, body in stages_raw.items()}
     try:
-        return PipelineConfig.model_validate({**raw, "stages": stages})
+        cfg = PipelineConfig.model_validate({**raw, "stages": stages})
     except ValidationError as err:
         raise ConfigError(describe_errors(err, PipelineConfig, prefix="")) from None
+    check_no_passwords(cfg)
+    return cfg
+
+
+def check_no_passwords(cfg: PipelineConfig) -> None:
+    """URIs are recorded (run records, MLflow params): a password in one would be too. Not echoed here either."""
+    from components.storage import has_password
+
+    for key, uri in (("store", cfg.store), ("tracking.uri", cfg.tracking.uri)):
+        if uri and has_password(uri):
+            raise ConfigError(f"'{key}': the URI carries a password, which would be recorded in run records and "
+                              "MLflow params; give credentials through the environment (AWS_ACCESS_KEY_ID / "
+                              "AWS_SECRET_ACCESS_KEY for S3, MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
 
 
 def parse_stage(name: str, body: dict) -> StageSection:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from components import storage
 from pipelines.config import PipelineConfig, resolved_config, resolved_section
 from pipelines.context import Artifact, StageContext, StageOutput
 from pipelines.dag import Pipeline, PlanEntry, Selection, Stage, State
@@ -41,7 +42,11 @@ def plan(cfg: PipelineConfig, selection: Selection = Selection()) -> list[PlanEn
 
 
 def tracking_uri(cfg: PipelineConfig, store: Store) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or store.default_tracking_uri()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or store.default_tracking_uri()
+    if storage.has_password(uri):  # it would be recorded in the run record; the message must not echo it
+        raise ValueError("the tracking URI (MLFLOW_TRACKING_URI or tracking.uri) carries a password: give the "
+                         "login as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead")
+    return uri
 
 
 def connect_ray(cfg: PipelineConfig, address: str | None = None) -> None:
@@ -83,6 +88,10 @@ class Runner:
         pipeline = build_pipeline(self.cfg)
         store = Store(self.cfg.store)
         entries = pipeline.plan(store, self.selection)
+        if any(e.will_run for e in entries):
+            from components.tracking.runs import check_login
+
+            check_login(tracking_uri(self.cfg, store))  # a refused login fails here, before any record or work
         record = self._new_record(store, entries)
         store.save_run(record)
         if not any(e.will_run for e in entries):

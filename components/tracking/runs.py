@@ -2,19 +2,47 @@
 
 Everything goes through `MlflowClient` with explicit run ids, so a Ray Train worker on
 another node can log to the run the driver opened without sharing any global state.
+
+A tracking server in basic-auth mode (`mlflow server --app-name basic-auth`) gets its login
+from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which MLflow's client reads from
+the environment of every process (driver and Ray workers); nothing here reads or passes
+them, so they cannot reach params, tags or run records.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's error codes for HTTP 401 / 403
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
 BATCH = 100  # MLflow's limit on params per log_batch
+
+
+class TrackingRefused(RuntimeError):
+    """The tracking server refused the login; the message names the server and the user, never the password."""
+
+
+def check_login(uri: str) -> None:
+    """One cheap request to a tracking server, so a refused login fails the run before any work starts."""
+    if not uri.startswith(("http://", "https://")):
+        return  # a local SQLite or file store has no login
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        if err.error_code not in REFUSALS:
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user '{user}'" if user else "an anonymous request (MLFLOW_TRACKING_USERNAME is not set)"
+        raise TrackingRefused(f"the MLflow tracking server at {uri} refused {who} ({err.error_code}): set "
+                              "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server"
+                              ) from None
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:

@@ -3,6 +3,8 @@
 The run name is chosen by the caller (the pipeline derives it from the stage fingerprint):
 the same `RunConfig(storage_path, name)` after a crash makes Ray Train V2 hand the latest
 checkpoint to `ray.train.get_checkpoint()`, so the run continues instead of starting over.
+`storage_path` is any store URI; Ray Train gets the filesystem `components.storage` builds for
+it, so checkpoints reach the same S3-compatible endpoint as the rest of the store.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from components import storage
 from components.training import checkpoint
 from components.training.loop import train_loop
 from components.training.spec import TrainSpec
@@ -34,6 +37,7 @@ def fit(spec: TrainSpec, datasets: dict[str, Any], storage_path: str, run_name: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    filesystem, path = storage.resolve(storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec},
@@ -42,7 +46,8 @@ def fit(spec: TrainSpec, datasets: dict[str, Any], storage_path: str, run_name: 
         datasets=datasets,
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=path,
+            storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=placement.max_failures),
         ),

@@ -8,146 +8,21 @@ never by `ray stop`, which would stop every Ray on the machine.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from pipelines.store import Store
+from tests.integration.ray_head import facerestore, follow, head, submit  # noqa: F401 (head: a fixture)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
 DEMO = ROOT / "pipelines" / "configs" / "demo.yaml"
 TINY = ["--set", "synthesize.source.count=24", "--set", "synthesize.shard_size=12", "--set", "synthesize.resolution=32"]
-
-
-@dataclass
-class Head:
-    url: str  # the job server, http://127.0.0.1:PORT
-    env: dict[str, str]  # what a user's shell holds: the token, no RAY_ADDRESS
-    process: subprocess.Popen
-    log: Path
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any Ray / MLflow setting that the test session may have set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1",
-               RAY_USAGE_STATS_ENABLED="0", **extra)
-    return env
-
-
-def wait_for_job_server(head: Head, token: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    request = urllib.request.Request(f"{head.url}/api/version", headers={"Authorization": f"Bearer {token}"})
-    while time.time() < deadline:
-        if head.process.poll() is not None:
-            raise AssertionError(f"`ray start --head` exited {head.process.returncode}:\n{head.log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no job server at {head.url} after {timeout}s:\n{head.log.read_text()[-3000:]}")
-
-
-def stop_head(process: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM to `ray start --block` shuts its node down; then kill whatever of its session is left."""
-    def session() -> list[psutil.Process]:
-        members = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == process.pid:
-                    members.append(proc)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
-        return members
-
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and (process.poll() is None or session()):
-        time.sleep(0.5)
-    for proc in session():
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-
-
-@pytest.fixture(scope="module")
-def head():
-    # Short: Ray's unix sockets live under the temp dir, and socket paths are limited to 107 bytes.
-    temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))
-    token = secrets.token_hex(16)
-    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env_agent, client = free_ports(7)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    log = temp_dir / "head.log"
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-               "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-               "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-               "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env_agent),
-               "--ray-client-server-port", str(client), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    started = Head(f"http://127.0.0.1:{dashboard}", env, process, log)
-    try:
-        wait_for_job_server(started, token, timeout=120)
-        yield started
-    finally:
-        stop_head(process)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def facerestore(head: Head, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**(env or head.env), "COLUMNS": "250"}  # no wrapping of the lines the tests look for
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def submit(head: Head, *args: str) -> tuple[str, str]:
-    done = facerestore(head, "submit", *args, "--address", head.url)
-    assert done.returncode == 0, done.stdout + done.stderr
-    job_id = re.search(r"job id: (\S+)", done.stdout).group(1)
-    run_id = re.search(r"pipeline run id: (\S+)", done.stdout).group(1)
-    return job_id, run_id
-
-
-def follow(head: Head, job_id: str) -> subprocess.CompletedProcess:
-    """`logs --follow` with the address in RAY_ADDRESS, as a Ray user sets it."""
-    return facerestore(head, "logs", job_id, "--follow", env={**head.env, "RAY_ADDRESS": head.url})
 
 
 def one_stage_config(directory: Path, store: Path) -> Path:

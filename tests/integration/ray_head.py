@@ -1,0 +1,155 @@
+"""A real Ray head of our own, `ray start --head --block` on 127.0.0.1, for the tests that need one.
+
+Its own temp dir, free ports and token authentication (RAY_AUTH_MODE=token, a fresh
+RAY_AUTH_TOKEN), not the shared in-process Ray of tests/conftest.py. It is stopped by signalling
+the processes it started (its session), never by `ray stop`, which would stop every Ray on the
+machine. `facerestore` commands run as a user runs them: a subprocess with the head's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@dataclass
+class Head:
+    url: str  # the job server, http://127.0.0.1:PORT
+    env: dict[str, str]  # what a user's shell holds: the token, no RAY_ADDRESS
+    process: subprocess.Popen
+    log: Path
+    gcs: str = ""  # 127.0.0.1:PORT, what a driver joining the cluster puts in RAY_ADDRESS
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any Ray / MLflow setting that the test session may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1",
+               RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def wait_for_job_server(head: Head, token: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    request = urllib.request.Request(f"{head.url}/api/version", headers={"Authorization": f"Bearer {token}"})
+    while time.time() < deadline:
+        if head.process.poll() is not None:
+            raise AssertionError(f"`ray start --head` exited {head.process.returncode}:\n{head.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no job server at {head.url} after {timeout}s:\n{head.log.read_text()[-3000:]}")
+
+
+def session_processes(leader: int) -> list[psutil.Process]:
+    """Every live process of the session `leader` started: a head's GCS, raylet and Ray workers."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == leader:
+                members.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def stop_session(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to a session leader (`ray start --block` shuts its node down on it); then kill whatever of
+    its session is left."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and (process.poll() is None or session_processes(process.pid)):
+        time.sleep(0.5)
+    for proc in session_processes(process.pid):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+@contextmanager
+def running_head(num_cpus: int = 2) -> Iterator[Head]:
+    # Short: Ray's unix sockets live under the temp dir, and socket paths are limited to 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))
+    token = secrets.token_hex(16)
+    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env_agent, client = free_ports(7)
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    log = temp_dir / "head.log"
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+               "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(num_cpus),
+               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env_agent),
+               "--ray-client-server-port", str(client), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    started = Head(f"http://127.0.0.1:{dashboard}", env, process, log, gcs=f"127.0.0.1:{gcs}")
+    try:
+        wait_for_job_server(started, token, timeout=120)
+        yield started
+    finally:
+        stop_session(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    with running_head(num_cpus=2) as started:
+        yield started
+
+
+def facerestore(head: Head, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**(env or head.env), "COLUMNS": "250"}  # no wrapping of the lines the tests look for
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit(head: Head, *args: str) -> tuple[str, str]:
+    done = facerestore(head, "submit", *args, "--address", head.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = re.search(r"job id: (\S+)", done.stdout).group(1)
+    run_id = re.search(r"pipeline run id: (\S+)", done.stdout).group(1)
+    return job_id, run_id
+
+
+def follow(head: Head, job_id: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`logs --follow` with the address in RAY_ADDRESS, as a Ray user sets it."""
+    return facerestore(head, "logs", job_id, "--follow", env={**head.env, "RAY_ADDRESS": head.url}, timeout=timeout)
