@@ -226,18 +226,24 @@ def runs(store: StoreOpt = ".facerestore",
     console().print(runs_table(Store(store).list_runs()[:limit]))
 
 
+def _load_run(run_id: str, store: str) -> dict:
+    """The run record, or exit 2 naming the run and the store."""
+    from pipelines.store import Store
+
+    try:
+        return Store(store).load_run(run_id)
+    except FileNotFoundError as err:
+        console().print(f"[bold red]{err}[/]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `facerestore runs`)")],
            store: StoreOpt = ".facerestore") -> None:
     """Each stage of one run: state, duration, fingerprint, key metrics, MLflow run id."""
     from pipelines.display import summary_table
-    from pipelines.store import Store
 
-    try:
-        record = Store(store).load_run(run_id)
-    except FileNotFoundError as err:
-        console().print(f"[bold red]{err}[/]")
-        raise typer.Exit(2) from None
+    record = _load_run(run_id, store)
     console().print(summary_table(record))
     for name, info in record["stages"].items():
         if info.get("error"):
@@ -253,11 +259,7 @@ def report(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `fa
     from pipelines.display import report_tables
     from pipelines.store import Store
 
-    try:
-        record = Store(store).load_run(run_id)
-    except FileNotFoundError as err:
-        console().print(f"[bold red]{err}[/]")
-        raise typer.Exit(2) from None
+    record = _load_run(run_id, store)
     shown = 0
     for name, info in record["stages"].items():
         manifest = Store(store).manifest(name, info.get("fingerprint", "")) or {}
