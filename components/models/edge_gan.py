@@ -13,8 +13,8 @@ structure the project's ARCHITECTURE.md names.
 Task "edges". Training reads `hq` (N, 3, H, W), `mask` (N, 1, H, W), 1 = missing, and `edge`
 (N, 1, H, W) in {0, 1}, the Canny edges of `hq`. `restore` reads the photo `lq` and `mask` and
 returns an edge map (N, 1, H, W) in [0, 1]: the photo's own Canny edges where it is known, the
-generator's prediction in the holes (`predict_edges`). H and W must be divisible by 4, and
-training needs at least 32 (the discriminator's receptive field).
+generator's prediction in the holes (`predict_edges`). H and W must be divisible by 4 and
+above 4 x dilation; training needs at least 24 (one discriminator patch).
 
 Generator (`EdgeGenerator`; EdgeConnect src/networks.py EdgeGenerator):
 - input (N, 3, H, W): the grey image with the holes set to 1 (white), the edge map with the
@@ -47,14 +47,16 @@ Losses (EdgeModel.process; config.yml.example):
   features (the last being the logits), real features detached: `feature_matching_loss`
   with `reduction="sum"`.
 There is no L1 or BCE term on the edges: as in EdgeConnect, feature matching is the only
-reconstruction-like signal.
+reconstruction-like signal. Each step also logs the precision and recall of the thresholded
+output inside the holes, as EdgeConnect's training loop does (src/edge_connect.py).
 
 Optimisers (config.yml.example): Adam, LR 1e-4, BETA1 0, BETA2 0.9; the discriminator's
 learning rate is D2G_LR 0.1 times the generator's.
 
 Departures, and why:
 - EdgeConnect updates the discriminator, then back-propagates the generator loss it computed
-  with the discriminator's old weights (an in-place error on recent PyTorch). Here the
+  with the discriminator's old weights (PyTorch >= 1.5 rejects that as an in-place
+  modification: knazeri/edge-connect issue #124). Here the
   discriminator steps first and the generator loss is computed with the updated
   discriminator, the usual alternation; real and fake pairs share one discriminator forward
   per phase, so DDP sees exactly one forward per backward.
@@ -87,7 +89,7 @@ from components.data.edges import GREY_WEIGHTS, canny_edges_batch
 from components.losses.adversarial import AdversarialLoss
 from components.losses.feature_matching import feature_matching_loss
 from components.metrics.edges import edge_scores
-from components.models.base import MethodBase, MethodConfig
+from components.models.base import MethodBase, MethodConfig, Upstream
 from components.models.inputs import fill_holes
 from components.models.patchgan import PatchDiscriminator
 
@@ -266,7 +268,7 @@ class EdgeGAN(MethodBase):
     Config: ClassVar[type[EdgeGANConfig]] = EdgeGANConfig
     cfg: EdgeGANConfig
 
-    def __init__(self, cfg: EdgeGANConfig, upstream=None) -> None:
+    def __init__(self, cfg: EdgeGANConfig, upstream: Upstream | None = None) -> None:
         super().__init__(cfg, upstream)
         self.adversarial = AdversarialLoss(cfg.gan_loss)
 
