@@ -44,6 +44,10 @@ from torch.optim import Optimizer
 Upstream = Mapping[str, "str | Path"]
 
 
+class NotARestorer(TypeError):
+    """`restore` asked of a method whose task is not an image (a DRE, a GAN prior): by design, not a gap."""
+
+
 class MethodConfig(BaseModel):
     """Settings every method has; a method's own Config subclasses this and adds its keys."""
 

@@ -93,7 +93,7 @@ from torch.optim import Optimizer
 from components.data.degrade import DegradationConfig, DegradationParams, sample_degradation
 from components.data.degrade_gpu import degrade_batch
 from components.losses.infonce import contrastive_logits, info_nce
-from components.models.base import MethodBase, MethodConfig
+from components.models.base import MethodBase, MethodConfig, NotARestorer
 
 LEAKY_SLOPE = 0.1  # deg_encoder.py: LeakyReLU(0.1) after every conv and in the head
 CHANNEL_MULTIPLIERS = (1, 1, 2, 2, 4, 4)  # deg_encoder.py: 64, 64, 128, 128, 256, 256
@@ -309,7 +309,7 @@ class DRE(MethodBase):
             return self.unwrapped("encoder").represent(lq.to(self.device)).float()
 
     def restore(self, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError(
+        raise NotARestorer(
             "method 'dre' is a degradation representation encoder (task 'representation'), not an image "
             "restorer: call DRE.represent(lq) for the (N, 4 * width) degradation vector Panini-Net consumes")
 

@@ -107,7 +107,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from components.losses.adversarial import AdversarialLoss
-from components.models.base import MethodBase, MethodConfig, Upstream
+from components.models.base import MethodBase, MethodConfig, NotARestorer, Upstream
 
 Layout = Literal["rosinality", "basicsr"]
 LAYOUTS: tuple[str, ...] = ("rosinality", "basicsr")
@@ -629,7 +629,7 @@ class StyleGAN2(MethodBase):
         return to_unit_range(image)
 
     def restore(self, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError(
+        raise NotARestorer(
             "method 'stylegan2' is a GAN prior (task 'prior'), not an image restorer: call "
             "StyleGAN2.generate(n, seed) for samples, or use it as Panini-Net's upstream prior")
 

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from components.models.base import NotARestorer
 from components.data.degrade import DegradationParams
 from components.data.degrade_gpu import degrade_batch
 from components.models import build_method, load_method
@@ -225,7 +226,7 @@ def test_represent_is_the_unnormalised_pooled_feature_of_the_query_encoder_in_ev
 
 
 def test_restore_says_the_dre_is_not_an_image_restorer_and_points_to_represent(faces):
-    with pytest.raises(NotImplementedError, match="not an image restorer.*represent"):
+    with pytest.raises(NotARestorer, match="not an image restorer.*represent"):
         build_method("dre", TINY).restore({"lq": faces["hq"]})
 
 

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from components.models.base import NotARestorer
 from components.models import build_method, load_method
 from components.models.stylegan2 import (
     Blur,
@@ -158,7 +159,7 @@ def test_config_rejects_impossible_values_naming_the_key():
 
 
 def test_restore_raises_because_a_prior_restores_nothing():
-    with pytest.raises(NotImplementedError, match="GAN prior.*generate"):
+    with pytest.raises(NotARestorer, match="GAN prior.*generate"):
         tiny().restore(faces())
 
 
