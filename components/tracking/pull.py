@@ -57,6 +57,8 @@ def pull(reference: str, out: str | Path, tracking_uri: str) -> PulledModel:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from components.tracking.runs import global_tracking_uri
+
     ref = ModelReference.parse(reference)
     client = MlflowClient(tracking_uri)
     try:
@@ -66,8 +68,7 @@ def pull(reference: str, out: str | Path, tracking_uri: str) -> PulledModel:
         raise LookupError(f"no registered model version '{reference}' at {tracking_uri}: {err.message}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp, global_tracking_uri(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri(), dst_path=tmp))
         for name in (WEIGHTS, CONFIG):
             shutil.copyfile(_find_one(local, name, reference), out / name)

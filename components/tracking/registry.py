@@ -34,12 +34,13 @@ class Outcome:
 
 
 def register(candidate: Candidate) -> Outcome:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(candidate.tracking_uri)
+    from components.tracking.runs import global_tracking_uri
+
     client = MlflowClient(candidate.tracking_uri)
-    version = log_version(candidate)
+    with global_tracking_uri(candidate.tracking_uri):
+        version = log_version(candidate)
     for key, value in {**candidate.tags, candidate.metric: str(candidate.score), "metric": candidate.metric}.items():
         client.set_model_version_tag(candidate.name, str(version), key, str(value))
     client.set_registered_model_alias(candidate.name, CANDIDATE, str(version))

@@ -11,9 +11,10 @@ them, so they cannot reach params, tags or run records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mlflow.entities import Metric, Param
@@ -72,3 +73,28 @@ def log_params(client: MlflowClient, run_id: str, config: Mapping[str, Any]) -> 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for the calls that only read it
+    (`mlflow.pyfunc.log_model`, `mlflow.artifacts.download_artifacts`), then put back.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into os.environ (MLflow 3), which
+    the runner reads first: left set, the next pipeline run in the same process would log to
+    this store's tracking database.
+    """
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if previous_env else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if previous_env is None:
+            mlflow.set_tracking_uri("")  # unset: MLflow falls back to its default
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(previous)
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
