@@ -1,0 +1,599 @@
+"""Panini-Net: blind face restoration (and 16x face SR) by degradation-aware feature interpolation.
+
+Paper: Wang, Hu, Zhang 2022 (AAAI), "Panini-Net: GAN Prior Based Degradation-Aware Feature
+Interpolation for Face Restoration" (Fig. 1 and section "Method"). Official code:
+jianzhangcs/panini (mmediting-based): `mmedit/models/backbones/panini.py` (`Panini_MFR`, the
+multi-degradation restorer, and `Panini_SR`, the 16x SR one), `configs/panini_mfr.py` and
+`configs/panini_sr.py` (losses, optimisers, iterations). Its trainer is mmediting's `GLEAN`
+restorer (the SRGAN training step: generator step, then discriminator step).
+
+Task: "restoration" (`input` "lq", the default): `lq` (N, 3, R, R) in [0, 1] in, the restored
+face (N, 3, R, R) in [0, 1] out, R = the StyleGAN2 prior's resolution, which must equal the
+`hq` size. With `input` "lr" the task is "super_resolution": `lr` (N, 3, R/f, R/f) is bicubic-
+upsampled to R x R (`classical.bicubic`, the SR baseline itself) and fed to the same network.
+Departure: the official 16x model (`Panini_SR`) reads its 64 px LR directly with a wider RRDB
+trunk (64 channels, 23 blocks) and no stride-2 stem; here the LR is upsampled first so one
+network layout serves both tasks (this project's design), and the trunk width is a config key.
+`columns(cfg)` tells the train stage which column to read: ("hq", cfg.input).
+
+Networks (each one forward per step, so DDP can wrap any of them):
+- "g", `PaniniEncoder`: the image feature extraction module and the learned half of the DAFI
+  blocks. Official `Panini_MFR.encoder`:
+  * an ESRGAN RRDB trunk (`RRDBFeatureExtractor`: conv, `num_rrdbs` RRDBs of three 5-conv
+    dense blocks with growth 32, residual scale 0.2, conv, plus the trunk's input) with
+    `rrdb_channels` 8 and `num_rrdbs` 2 (the values `Panini_MFR` uses; its 64 / 23 are
+    commented out), conv init Kaiming x 0.1 (mmediting `ResidualDenseBlock.init_weights`);
+  * CBAM (Woo et al. 2018) with reduction ratio 2 (`Panini_MFR`; 8 in `Panini_SR`), written as
+    the official one works: one shared 3x3 pre-conv applied before the channel gate and again
+    before the spatial gate (7x7 conv without bias + BatchNorm(momentum 0.01) + sigmoid);
+  * 3x3 convs with LeakyReLU(0.2): one at full size to `stem_width` 32, then stride-2 convs
+    doubling it (official 64, 128) with the last one reaching the prior's width at the top
+    fused resolution (official 512 at 64 px); then one stride-2 conv per resolution down to
+    4 px (official 512 -> 512); the 4 px map, conv'd to half its width (official 256),
+    flattened and mapped by one Linear to w+ (N, n_latent, style_dim) (official 16 * 256 ->
+    18 * 512). Official input is the 512 px LQ of a 1024 px target (three stride-2 convs);
+    our `lq` has the target's size, so there is one stride-2 conv more per doubling.
+  * Departure, initialisation: the official plain convs (trunk ends, CBAM pre-conv, stem,
+    downsampling, DAFI convs) keep PyTorch's default init, which shrinks the signal about 3x per
+    layer: at init the image features reached the DAFI blocks ~15x weaker than the prior's
+    (rms 0.04 vs 0.4-0.9 on the tiny test model), so the image side started mute. Here they
+    get Kaiming-normal init (fan-in, LeakyReLU(0.2) gain; linear gain before no activation);
+    the RRDB dense blocks keep mmediting's Kaiming x 0.1. On a tiny x4 SR run (32 px,
+    300 steps) this took held-out PSNR from 20.1 to 22.4 dB.
+  * DAFI, learned part (official `AdaptiveFeatureSelect_maskgen`, `fusion_out`): an MLP
+    Linear(d, d), LeakyReLU(0.1), Linear(d, 2 * sum of C_r) on the degradation vector v (d = 256)
+    gives, per fused resolution r, logits (2, C_r) whose softmax over the 2 gives a channel-wise
+    mask (prior weight, image weight) summing to one per channel; and per r a 3x3 conv
+    (C_r -> C_r) on the image feature. One MLP serves all blocks, as in the official code.
+- "prior", `FusedPrior`: the StyleGAN2 generator (components/models/stylegan2.py), loaded from
+  the upstream prior's g_ema. It synthesises from the predicted w+ with its stored noise
+  images (official `injected_noise`); after each resolution r in 4 .. min(64, R/2) (official:
+  the five resolutions 4-64 of the 1024 px generator) the DAFI interpolation
+  F = m_prior * F_GAN + m_image * conv(F_image) replaces the prior's feature before the next
+  upsampling conv. The interpolation has no parameters, so it runs inside the prior's forward
+  and each network is called once per step. Fine-tuned (official `generator.requires_grad_(True)`;
+  `finetune_prior` False freezes it). Its mapping network is unused (w+ comes from "g") and is
+  frozen from construction so DDP never waits for its gradients.
+- "dre", `DRERepresentation`: the DRE's query encoder (components/models/dre.py, upstream
+  `dre`), giving v = its pooled 256-d feature before the MoCo head. Fine-tuned and in training
+  mode (official `deg_encoder.requires_grad_(True)`, trained with the generator); its MoCo
+  head is kept (so the upstream state dict loads as is) but frozen from construction.
+  `Panini_SR` has no DRE: a learned vector (`choice_vector`, (1, 256), randn init) replaces v,
+  bicubic being one fixed degradation. `condition` follows that: "dre" for `input` "lq",
+  "learned" for "lr" unless set. With "learned" there is no "dre" network and no DRE upstream.
+- "d": StyleGAN2's discriminator (official `StyleGAN2Discriminator` initialised from the
+  official FFHQ weights), initialised from the upstream prior's "d"; absent when `gan_weight` 0.
+
+Losses (configs/panini_mfr.py = configs/panini_sr.py), on images in [-1, 1] as the official
+`Normalize(mean 0.5, std 0.5)` data pipeline feeds them:
+- L1, weight 1 (`pixel_loss`);
+- perceptual, weight 1e-2 (`perceptual_loss`: VGG16 layer '21' = conv4_3, MSE). Departure:
+  the project's VGG19 `PerceptualLoss` (components/losses/perceptual.py: L1, ReLU outputs, [0, 1]
+  input normalised inside) at relu4_4, the last layer of VGG19's block 4 as conv4_3 is of
+  VGG16's. `vgg_weights` None (the CPU demo) turns the term off;
+- adversarial, non-saturating ("vanilla" = `AdversarialLoss("nsgan")`), weight 1e-2 for the
+  generator; the discriminator takes real + fake BCE at weight 1 (mmediting `GANLoss` weighs
+  only the generator's term), one D step after each G step (GLEAN/SRGAN `disc_steps` 1).
+Optimisers: Adam lr 1e-4, betas (0.9, 0.99) for the generator side and the discriminator
+(`optimizers`). Official schedule, left to the training loop: 800k iterations, cosine decay
+to 1e-7, batch 1 per GPU (MFR) / 2 (SR).
+
+Logged: loss (the generator's total), l1, perceptual (when on), gan, d, prior_weight (the mean
+DAFI weight on the GAN-prior features over blocks, channels and the batch).
+
+Upstream: `load_upstream(upstream, "stylegan2")` (g_ema -> "prior", d -> "d") and, with
+condition "dre", `load_upstream(upstream, "dre")` (its "encoder" -> "dre"). Their configs are
+recorded in `prior` / `dre` (the prior's `pretrained` set to None), so `load_exported`, which
+passes no upstream, rebuilds every network from the config alone. With neither, the method
+fails naming the missing upstream.
+
+Parameters at the default config (R 1024 config-F prior, DRE width 64): g 63,575,984 (37.8 M of
+it the w+ Linear), prior 30,370,060 (2,101,248 of them the frozen mapping), dre 1,278,784
+(131,584 the frozen head), d 29,012,513. The paper states no count.
+
+DAFI on the CPU test (tests/unit/test_models_panini.py: 32 px, 540 steps on 64 noise-led blind
+faces, an untrained tiny prior and DRE, both fine-tuned): the mean prior weight on held-out faces
+came out 0.501 on mild (scale 1-1.2, noise 25-30) and 0.500 on severe (scale 1.8-2, noise 45-50)
+degradations: no shift toward the GAN prior as degradation grows. A short run from an untrained
+DRE and prior barely moves the masks from their initial 0.5 (the image side carries the whole
+restoration); the paper's DAFI analysis is of a trained DRE and an FFHQ prior.
+Same run: held-out PSNR 21.98 dB against 20.48 dB for the degraded input; x4 SR (8 -> 32 px)
+23.40 dB against bicubic's 22.69 dB.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from components.losses.adversarial import AdversarialLoss
+from components.losses.perceptual import PerceptualLoss, VGG19Features
+from components.models import classical
+from components.models.base import MethodBase, MethodConfig, Upstream
+from components.models.dre import DegradationEncoder, DREConfig
+from components.models.files import load_upstream
+from components.models.stylegan2 import Discriminator, Generator, StyleGAN2Config, channel_table
+
+LEAKY_SLOPE = 0.2  # panini.py encoder and mmediting RRDB: LeakyReLU(0.2)
+MASK_LEAKY_SLOPE = 0.1  # panini.py AdaptiveFeatureSelect_maskgen: LeakyReLU(0.1)
+RESIDUAL_SCALE = 0.2  # ESRGAN / mmediting RRDB residual scaling
+RRDB_INIT_SCALE = 0.1  # mmediting ResidualDenseBlock.init_weights: Kaiming normal x 0.1
+SPATIAL_GATE_KERNEL = 7  # panini.py SpatialGate: 7x7
+SPATIAL_GATE_BN_MOMENTUM = 0.01  # panini.py BasicConv: BatchNorm2d(momentum=0.01)
+LEARNED_CONDITION_DIM = 256  # panini.py Panini_SR: choice_vector (1, 256)
+PERCEPTUAL_LAYER = "relu4_4"  # stands in for VGG16 conv4_3 (configs/panini_*.py layer '21')
+
+
+class PaniniConfig(MethodConfig):
+    lr: float = Field(1e-4, gt=0, description="Adam lr of every trained network (configs/panini_mfr.py)")
+    input: Literal["lq", "lr"] = Field(
+        "lq", description="'lq': blind restoration; 'lr': super-resolution from the bicubic-upsampled `lr`")
+    condition: Literal["dre", "learned"] | None = Field(
+        None, description="what drives the DAFI masks: the DRE vector or a learned vector (Panini_SR); "
+                          "None = 'dre' for input 'lq', 'learned' for 'lr'")
+    finetune_prior: bool = Field(True, description="train the StyleGAN2 prior with the rest (official: True)")
+    finetune_dre: bool = Field(True, description="train the DRE with the rest (official: True)")
+    rrdb_channels: int = Field(8, gt=0, description="RRDB trunk width (Panini_MFR 8; Panini_SR 64)")
+    num_rrdbs: int = Field(2, ge=1, description="RRDB blocks in the trunk (Panini_MFR 2; Panini_SR 23)")
+    growth_channels: int = Field(32, gt=0, description="dense-block growth (mmediting RRDB default 32)")
+    cbam_reduction: int = Field(2, ge=1, description="CBAM channel-gate reduction (Panini_MFR 2; Panini_SR 8)")
+    stem_width: int = Field(32, gt=0, description="width of the full-size conv after CBAM (official 32)")
+    fuse_max_resolution: int = Field(64, description="highest resolution a DAFI block fuses at (official 64)")
+    l1_weight: float = Field(1.0, ge=0, description="pixel L1 weight (official 1)")
+    perceptual_weight: float = Field(1e-2, ge=0, description="perceptual weight (official 1e-2)")
+    gan_weight: float = Field(1e-2, ge=0, description="generator adversarial weight (official 1e-2); 0 = no D")
+    vgg_weights: str | None = Field(None, description="torchvision VGG19 weights file; None turns the "
+                                                      "perceptual term off")
+    dre: dict[str, Any] | None = Field(None, description="the upstream DRE's config, recorded at build")
+    prior: dict[str, Any] | None = Field(None, description="the upstream StyleGAN2's config, recorded at build")
+
+    @field_validator("fuse_max_resolution")
+    @classmethod
+    def _fuse_resolution_is_a_power_of_two(cls, value: int) -> int:
+        if value < 4 or value & (value - 1):
+            raise ValueError(f"fuse_max_resolution must be a power of 2 >= 4, got {value}")
+        return value
+
+    @field_validator("prior")
+    @classmethod
+    def _prior_is_a_stylegan2_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            StyleGAN2Config.model_validate(value)
+        return value
+
+    @field_validator("dre")
+    @classmethod
+    def _dre_is_a_dre_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            DREConfig.model_validate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_and_check(self) -> PaniniConfig:
+        if self.condition is None:
+            self.condition = "dre" if self.input == "lq" else "learned"
+        if self.rrdb_channels // self.cbam_reduction < 1:
+            raise ValueError(f"cbam_reduction {self.cbam_reduction} leaves no channel of rrdb_channels "
+                             f"{self.rrdb_channels} in the CBAM channel gate")
+        perceptual_on = self.vgg_weights is not None and self.perceptual_weight > 0
+        if self.l1_weight == 0 and self.gan_weight == 0 and not perceptual_on:
+            raise ValueError("l1_weight and gan_weight are 0 and the perceptual term is off (vgg_weights unset "
+                             "or perceptual_weight 0): the generator would get no gradient")
+        return self
+
+
+def fused_resolutions(resolution: int, fuse_max_resolution: int) -> list[int]:
+    """The resolutions a DAFI block fuses at, ascending: 4 .. min(fuse_max, R / 2) (official 4-64)."""
+    top = min(fuse_max_resolution, resolution // 2)
+    return [2**i for i in range(2, int(math.log2(top)) + 1)]
+
+
+# -- image feature extraction -------------------------------------------------------------------
+def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
+
+
+class ResidualDenseBlock(nn.Module):
+    """ESRGAN dense block: five 3x3 convs, each seeing every earlier output; x + 0.2 * conv5."""
+
+    def __init__(self, channels: int, growth: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            conv3x3(channels + i * growth, channels if i == 4 else growth) for i in range(5))
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(RRDB_INIT_SCALE)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for conv in self.convs[:-1]:
+            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), LEAKY_SLOPE))
+        return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, dim=1))
+
+
+class RRDB(nn.Sequential):
+    """Residual-in-residual dense block: three dense blocks, x + 0.2 * their output."""
+
+    def __init__(self, channels: int, growth: int):
+        super().__init__(*(ResidualDenseBlock(channels, growth) for _ in range(3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + RESIDUAL_SCALE * super().forward(x)
+
+
+class RRDBTrunk(nn.Module):
+    """ESRGAN without its upsampler (mmediting `RRDBFeatureExtractor`): conv, RRDBs, conv, + skip."""
+
+    def __init__(self, channels: int, num_blocks: int, growth: int):
+        super().__init__()
+        self.conv_first = he_init(conv3x3(3, channels), None)
+        self.body = nn.Sequential(*(RRDB(channels, growth) for _ in range(num_blocks)))
+        self.conv_body = he_init(conv3x3(channels, channels), None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.conv_first(x)
+        return features + self.conv_body(self.body(features))
+
+
+class CBAM(nn.Module):
+    """Channel then spatial attention (Woo et al. 2018) as panini.py's `CBAM` computes it.
+
+    One 3x3 pre-conv is applied before the channel gate and again (same weights) before the
+    spatial gate. Channel gate: shared MLP (C -> C / reduction -> C, ReLU) on the average- and
+    max-pooled map, summed, sigmoid. Spatial gate: channel max and mean, 7x7 conv (no bias) +
+    BatchNorm, sigmoid.
+    """
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.pre = he_init(conv3x3(channels, channels), None)
+        self.channel_mlp = nn.Sequential(nn.Linear(channels, channels // reduction), nn.ReLU(),
+                                         nn.Linear(channels // reduction, channels))
+        self.spatial = nn.Sequential(
+            nn.Conv2d(2, 1, SPATIAL_GATE_KERNEL, padding=SPATIAL_GATE_KERNEL // 2, bias=False),
+            nn.BatchNorm2d(1, momentum=SPATIAL_GATE_BN_MOMENTUM))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pre(x)
+        gate = self.channel_mlp(x.mean(dim=(2, 3))) + self.channel_mlp(x.amax(dim=(2, 3)))
+        x = self.pre(x * torch.sigmoid(gate)[:, :, None, None])
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+def he_init(conv: nn.Conv2d, slope: float | None = LEAKY_SLOPE) -> nn.Conv2d:
+    """Kaiming normal (fan-in, the following activation's gain; None = linear), zero bias."""
+    if slope is None:
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
+    else:
+        nn.init.kaiming_normal_(conv.weight, a=slope, nonlinearity="leaky_relu")
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def conv_lrelu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(he_init(conv3x3(c_in, c_out, stride)), nn.LeakyReLU(LEAKY_SLOPE))
+
+
+class ImageFeatureExtractor(nn.Module):
+    """The degraded face -> w+ for the prior and one feature map per fused resolution.
+
+    Args:
+        resolution: input size R (the prior's).
+        channels: the prior's channels per resolution (`channel_table`).
+        fused: the fused resolutions, ascending (`fused_resolutions`).
+        n_latent, style_dim: the prior's w+ shape.
+        rrdb_channels, num_rrdbs, growth, cbam_reduction, stem_width: see PaniniConfig.
+
+    Shapes: x (N, 3, R, R) in [-1, 1] -> (w+ (N, n_latent, style_dim), {r: (N, channels[r], r, r)}).
+    """
+
+    def __init__(self, resolution: int, channels: dict[int, int], fused: list[int], n_latent: int,
+                 style_dim: int, rrdb_channels: int, num_rrdbs: int, growth: int, cbam_reduction: int,
+                 stem_width: int):
+        super().__init__()
+        top = fused[-1]
+        stem: list[nn.Module] = [RRDBTrunk(rrdb_channels, num_rrdbs, growth), CBAM(rrdb_channels, cbam_reduction),
+                                 conv_lrelu(rrdb_channels, stem_width)]
+        width, size = stem_width, resolution
+        while size > top:
+            size //= 2
+            out = channels[top] if size == top else width * 2
+            stem.append(conv_lrelu(width, out, stride=2))
+            width = out
+        self.stem = nn.Sequential(*stem)
+        self.downs = nn.ModuleList(conv_lrelu(channels[r * 2], channels[r], stride=2) for r in reversed(fused[:-1]))
+        head_width = max(1, channels[4] // 2)
+        self.to_latent = nn.Sequential(conv_lrelu(channels[4], head_width), nn.Flatten(),
+                                       nn.Linear(16 * head_width, n_latent * style_dim))
+        self.n_latent, self.style_dim, self.top = n_latent, style_dim, top
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        features = {self.top: self.stem(x)}
+        current, size = features[self.top], self.top
+        for down in self.downs:
+            size //= 2
+            current = features[size] = down(current)
+        w_plus = self.to_latent(current).view(x.shape[0], self.n_latent, self.style_dim)
+        return w_plus, features
+
+
+# -- DAFI -------------------------------------------------------------------------------------
+class DAFIMasks(nn.Module):
+    """Degradation vector (N, d) -> per fused block a channel-wise mask (N, 2, C_r): softmax over
+    (GAN prior, image), so the two weights of every channel sum to one (panini.py
+    `AdaptiveFeatureSelect_maskgen`; the flat output is laid out block, source, channel, as its view)."""
+
+    def __init__(self, condition_dim: int, block_channels: list[int]):
+        super().__init__()
+        self.block_channels = list(block_channels)
+        self.mlp = nn.Sequential(nn.Linear(condition_dim, condition_dim), nn.LeakyReLU(MASK_LEAKY_SLOPE),
+                                 nn.Linear(condition_dim, 2 * sum(block_channels)))
+
+    def forward(self, condition: Tensor) -> list[Tensor]:
+        logits = self.mlp(condition).float()
+        chunks = torch.split(logits, [2 * c for c in self.block_channels], dim=1)
+        return [chunk.view(-1, 2, c).softmax(dim=1) for chunk, c in zip(chunks, self.block_channels)]
+
+
+def interpolate(prior_features: Tensor, image_features: Tensor, mask: Tensor) -> Tensor:
+    """DAFI: mask[:, 0] * prior + mask[:, 1] * image, per channel; mask (N, 2, C) from `DAFIMasks`."""
+    return mask[:, 0, :, None, None] * prior_features + mask[:, 1, :, None, None] * image_features
+
+
+class PaniniEncoder(nn.Module):
+    """Network "g": image feature extraction + the DAFI masks and per-block feature convs.
+
+    forward(x (N, 3, R, R) in [-1, 1], condition (N, d) or None when a learned vector is used) ->
+    (w+ (N, n_latent, style_dim), [image feature per fused resolution, ascending, after its DAFI
+    conv], [mask (N, 2, C_r) per fused resolution, ascending]).
+    """
+
+    def __init__(self, extractor: ImageFeatureExtractor, channels: dict[int, int], fused: list[int],
+                 condition_dim: int, learned_condition: bool):
+        super().__init__()
+        self.extractor = extractor
+        self.fused = list(fused)
+        self.fusion = nn.ModuleList(he_init(conv3x3(channels[r], channels[r]), None) for r in fused)
+        self.masks = DAFIMasks(condition_dim, [channels[r] for r in fused])
+        self.choice_vector = nn.Parameter(torch.randn(1, condition_dim)) if learned_condition else None
+
+    def forward(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        if condition is None:
+            if self.choice_vector is None:
+                raise ValueError("PaniniEncoder built for the DRE vector needs `condition` (N, d)")
+            condition = self.choice_vector.expand(x.shape[0], -1)
+        w_plus, features = self.extractor(x)
+        image_features = [conv(features[r]) for conv, r in zip(self.fusion, self.fused)]
+        return w_plus, image_features, self.masks(condition)
+
+
+class FusedPrior(Generator):
+    """Network "prior": the StyleGAN2 generator, its state dict as g_ema's, run from w+ with the
+    DAFI interpolation after each fused resolution and its stored noise images.
+
+    forward(w+ (N, n_latent, style_dim), image_features, masks (ascending fused resolutions)) ->
+    RGB (N, 3, R, R), roughly [-1, 1], unclamped.
+    """
+
+    def __init__(self, *args: Any, fused: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fused = list(fused)
+        # w+ comes from the encoder: the mapping network never runs, and frozen it is no DDP parameter.
+        self.mapping.requires_grad_(False)
+
+    def forward(self, w_plus: Tensor, image_features: list[Tensor],  # type: ignore[override]
+                masks: list[Tensor]) -> Tensor:
+        by_resolution = {r: (f, m) for r, f, m in zip(self.fused, image_features, masks, strict=True)}
+
+        def fuse(resolution: int, features: Tensor) -> Tensor:
+            if resolution not in by_resolution:
+                return features
+            image, mask = by_resolution[resolution]
+            return interpolate(features, image, mask)
+
+        image, _ = self.synthesize(w_plus, randomize_noise=False, fuse=fuse)
+        return image
+
+
+class DRERepresentation(nn.Module):
+    """Network "dre": the DRE's query encoder; forward(lq in [0, 1]) -> (N, 4 * width) vector v.
+    Its MoCo head never runs here, so it is frozen from construction (no DDP parameter)."""
+
+    def __init__(self, width: int, dim: int, input_size: int | None):
+        super().__init__()
+        self.encoder = DegradationEncoder(width, dim, input_size)
+        self.encoder.mlp.requires_grad_(False)
+        self.feature_dim = self.encoder.feature_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder.represent(x)
+
+
+# -- the method ----------------------------------------------------------------------------------
+class Panini(MethodBase):
+    """Panini-Net: networks "g", "dre" (condition "dre"), "prior", "d" (gan_weight > 0); see the module docstring."""
+
+    name: ClassVar[str] = "panini"
+    inputs: ClassVar[tuple[str, ...]] = ("hq", "lq")  # `columns(cfg)`: ("hq", "lr") for SR
+    Config: ClassVar[type[PaniniConfig]] = PaniniConfig
+    cfg: PaniniConfig
+
+    def __init__(self, cfg: PaniniConfig, upstream: Upstream | None = None) -> None:
+        self._upstream_models: dict[str, Any] = {}
+        if isinstance(cfg, PaniniConfig):
+            cfg = self._record_upstream(cfg, dict(upstream or {}))
+        super().__init__(cfg, upstream)
+        self._upstream_models = {}  # weights copied: the upstream methods are not kept
+        self.adversarial = AdversarialLoss("nsgan")
+        # Not in self.nets: VGG19 is a fixed loss network, neither trained nor exported.
+        self.perceptual: PerceptualLoss | None = None
+        if cfg.vgg_weights is not None and cfg.perceptual_weight > 0:
+            self.perceptual = PerceptualLoss(VGG19Features(cfg.vgg_weights), {PERCEPTUAL_LAYER: 1.0})
+
+    @property
+    def task(self) -> str:  # type: ignore[override]
+        """'restoration' from `lq`, 'super_resolution' from `lr` (the export and evaluate read it)."""
+        return "super_resolution" if self.cfg.input == "lr" else "restoration"
+
+    @classmethod
+    def columns(cls, cfg: MethodConfig) -> tuple[str, ...]:
+        return ("hq", cfg.input) if isinstance(cfg, PaniniConfig) else cls.inputs
+
+    @property
+    def resolution(self) -> int:
+        return self.unwrapped("prior").resolution
+
+    def _record_upstream(self, cfg: PaniniConfig, upstream: dict[str, Any]) -> PaniniConfig:
+        """cfg with the upstream prior's (and DRE's) config recorded; their loaded methods kept for build."""
+        updates: dict[str, Any] = {}
+        if upstream:
+            prior = self._upstream_models["prior"] = load_upstream(upstream, "stylegan2")
+            updates["prior"] = prior.cfg.model_copy(update={"pretrained": None}).model_dump(mode="json")
+            if cfg.condition == "dre":
+                dre = self._upstream_models["dre"] = load_upstream(upstream, "dre")
+                updates["dre"] = dre.cfg.model_dump(mode="json")
+        cfg = cfg.model_copy(update=updates)
+        if cfg.prior is None:
+            raise ValueError("method 'panini' needs its StyleGAN2 prior: an upstream 'stylegan2' model (the prior's "
+                             "training stage) or a recorded `prior` config (an exported panini model)")
+        if cfg.condition == "dre" and cfg.dre is None:
+            raise ValueError("method 'panini' with condition 'dre' needs its degradation representation encoder: an "
+                             "upstream 'dre' model (the DRE pretraining stage) or a recorded `dre` config")
+        return cfg
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        cfg = self.cfg
+        prior_cfg = StyleGAN2Config.model_validate(cfg.prior)
+        channels = channel_table(prior_cfg.channel_multiplier, prior_cfg.width_scale)
+        resolution = prior_cfg.resolution
+        fused = fused_resolutions(resolution, cfg.fuse_max_resolution)
+        prior = FusedPrior(resolution, prior_cfg.style_dim, prior_cfg.n_mlp, channels, prior_cfg.lr_mlp, fused=fused)
+        dre = self._build_dre() if cfg.condition == "dre" else None
+        extractor = ImageFeatureExtractor(resolution, channels, fused, prior.n_latent, prior_cfg.style_dim,
+                                          cfg.rrdb_channels, cfg.num_rrdbs, cfg.growth_channels, cfg.cbam_reduction,
+                                          cfg.stem_width)
+        condition_dim = dre.feature_dim if dre is not None else LEARNED_CONDITION_DIM
+        nets: dict[str, nn.Module] = {
+            "g": PaniniEncoder(extractor, channels, fused, condition_dim, learned_condition=dre is None)}
+        if dre is not None:
+            nets["dre"] = dre
+        upstream_prior = self._upstream_models.get("prior")
+        if upstream_prior is not None:
+            prior.load_state_dict(upstream_prior.unwrapped("g_ema").state_dict())
+        if not cfg.finetune_prior:
+            prior.requires_grad_(False)
+        nets["prior"] = prior
+        if cfg.gan_weight > 0:
+            d = Discriminator(resolution, channels)
+            if upstream_prior is not None:
+                d.load_state_dict(upstream_prior.unwrapped("d").state_dict())
+            nets["d"] = d
+        return nets
+
+    def _build_dre(self) -> DRERepresentation:
+        dre_cfg = DREConfig.model_validate(self.cfg.dre)
+        dre = DRERepresentation(dre_cfg.width, dre_cfg.dim, dre_cfg.input_size)
+        if "dre" in self._upstream_models:
+            dre.encoder.load_state_dict(self._upstream_models["dre"].unwrapped("encoder").state_dict())
+        if not self.cfg.finetune_dre:
+            dre.requires_grad_(False)
+        return dre
+
+    def build_optimizers(self) -> dict[str, Optimizer]:
+        """One Adam per network with trainable parameters (frozen ones have none and get none)."""
+        opts: dict[str, Optimizer] = {}
+        for net_name, net in self.nets.items():
+            params = [p for p in net.parameters() if p.requires_grad]
+            if params:
+                opts[net_name] = torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas)
+        return opts
+
+    # -- the forward both training and restore run --------------------------------------------
+    def degraded_input(self, batch: dict[str, Tensor]) -> Tensor:
+        """The network's input in [0, 1] at the prior's resolution, on the method's device:
+        `lq`, or `lr` bicubic-upsampled (input 'lr')."""
+        resolution = self.resolution
+        if self.cfg.input == "lr":
+            lr = batch["lr"].to(self.device, torch.float32).contiguous()
+            factor = resolution // lr.shape[-1]
+            if lr.ndim != 4 or lr.shape[-1] * factor != resolution or lr.shape[-2] * factor != resolution:
+                raise ValueError(f"panini (input 'lr') with a {resolution} px prior needs lr (N, 3, h, h) with h "
+                                 f"dividing {resolution}, got {tuple(lr.shape)}")
+            return classical.bicubic(lr, factor)
+        # contiguous: decoded batches can arrive channels-last (HWC arrays), which makes every conv ~10x slower here
+        lq = batch["lq"].to(self.device, torch.float32).contiguous()
+        if lq.ndim != 4 or tuple(lq.shape[1:]) != (3, resolution, resolution):
+            raise ValueError(f"panini with a {resolution} px prior needs lq (N, 3, {resolution}, {resolution}) "
+                             f"(the prior's resolution must equal the face size), got {tuple(lq.shape)}")
+        return lq
+
+    def generate(self, degraded: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(RGB (N, 3, R, R) in about [-1, 1], the DAFI masks) from the degraded input in [0, 1]."""
+        condition = self.nets["dre"](degraded) if self.cfg.condition == "dre" else None
+        w_plus, image_features, masks = self.nets["g"](degraded * 2.0 - 1.0, condition)
+        return self.nets["prior"](w_plus, image_features, masks), masks
+
+    # -- training --------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        cfg = self.cfg
+        degraded = self.degraded_input(batch)
+        hq = batch["hq"].to(self.device, torch.float32).contiguous()
+        if tuple(hq.shape[1:]) != (3, self.resolution, self.resolution):
+            raise ValueError(f"panini's prior makes {self.resolution} px faces: hq must be (N, 3, {self.resolution}, "
+                             f"{self.resolution}) (set the prior's resolution to the face size), got {tuple(hq.shape)}")
+        real = hq * 2.0 - 1.0
+        fake, masks = self.generate(degraded)
+        fake32 = fake.float()
+        l1 = F.l1_loss(fake32, real)
+        g_loss = cfg.l1_weight * l1
+        logs = {"l1": l1.item()}
+        if self.perceptual is not None:
+            self.perceptual.to(hq.device)
+            perceptual = self.perceptual((fake32 + 1.0) / 2.0, hq)
+            g_loss = g_loss + cfg.perceptual_weight * perceptual
+            logs["perceptual"] = perceptual.item()
+        if "d" in self.nets:
+            gan = self.adversarial(self.nets["d"](fake), True, for_discriminator=False)
+            g_loss = g_loss + cfg.gan_weight * gan
+            logs["gan"] = gan.item()
+        generator_side = [name for name in ("g", "dre", "prior") if name in self.opts]
+        for name in generator_side:
+            self.opts[name].zero_grad(set_to_none=True)
+        g_loss.backward()  # D's parameters get gradients too; the D step zeroes them before its own backward
+        for name in generator_side:
+            self.opts[name].step()
+        if "d" in self.nets:
+            logs["d"] = self._discriminator_step(real, fake.detach())
+        prior_weight = torch.stack([mask[:, 0].mean() for mask in masks]).mean()
+        return {"loss": g_loss.item(), **logs, "prior_weight": prior_weight.item()}
+
+    def _discriminator_step(self, real: Tensor, fake: Tensor) -> float:
+        d, opt = self.nets["d"], self.opts["d"]
+        loss = self.adversarial(d(real), True) + self.adversarial(d(fake), False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    # -- inference -------------------------------------------------------------------------------
+    def restore(self, batch: dict[str, Tensor]) -> Tensor:
+        """(N, 3, R, R) in [0, 1] on the method's device, from `lq` (or `lr`, input 'lr')."""
+        with self.evaluating():
+            fake, _ = self.generate(self.degraded_input(batch))
+            return ((fake.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def prior_weights(self, batch: dict[str, Tensor]) -> Tensor:
+        """(N, blocks): per image and DAFI block (4 px first), the mean weight on the GAN-prior features."""
+        with self.evaluating():
+            degraded = self.degraded_input(batch)
+            condition = self.nets["dre"](degraded) if self.cfg.condition == "dre" else None
+            _, _, masks = self.nets["g"](degraded * 2.0 - 1.0, condition)
+            return torch.stack([mask[:, 0].mean(dim=1) for mask in masks], dim=1)
