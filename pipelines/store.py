@@ -86,7 +86,12 @@ class Store:
         if not storage.exists(uri):
             known = [r["run_id"] for r in self.list_runs()][:5]
             raise FileNotFoundError(f"no pipeline run '{run_id}' in store {self.uri} (recent: {', '.join(known) or 'none'})")
-        return storage.read_json(uri)
+        record = storage.read_json(uri)
+        # JSON files keep keys sorted; "order" is the plan's (DAG) order of the stages.
+        order = record.get("order", [])
+        record["stages"] = {name: record["stages"][name] for name in sorted(
+            record["stages"], key=lambda name: order.index(name) if name in order else len(order))}
+        return record
 
     def list_runs(self) -> list[dict[str, Any]]:
         runs = [storage.read_json(entry.uri) for entry in storage.list_dir(storage.join(self.uri, "runs"))

@@ -159,6 +159,8 @@ def test_runs_and_status_commands_show_each_stage(first_run):
         assert name in shown.output and info["fingerprint"][:12] in shown.output
     assert record["stages"]["train_baseline"]["mlflow_run_id"][:12] in shown.output
     assert "psnr" in shown.output
+    stages = ["synthesize", "train_baseline", "evaluate", "register"]
+    assert sorted(stages, key=shown.output.index) == stages  # the plan's order, not the record file's sorted keys
 
 
 def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subprocess_env):
