@@ -45,6 +45,20 @@ class StageContext:
     def path(self, *parts: str) -> str:
         return storage.join(self.output_uri, *parts)
 
+    def publish(self, files: dict[str, bytes]) -> None:
+        """Each file into the stage output and into the stage's MLflow run (report pages, image grids)."""
+        import tempfile
+        from pathlib import Path
+
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                storage.write_bytes_atomic(self.path(name), data)
+                Path(tmp, name).write_bytes(data)
+                client.log_artifact(self.mlflow_run_id, str(Path(tmp, name)))
+
 
 @dataclass(frozen=True)
 class StageOutput:

@@ -13,10 +13,15 @@ from __future__ import annotations
 import csv
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.schema import encode_png
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
 
 ALL = "all"
 # Which way is better, for the reader of a table.
@@ -92,6 +97,16 @@ class Report:
                 parts += [f"<h3>{html.escape(group)}</h3>", html_table(scores)]
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+def image_grid(columns: Sequence[Tensor]) -> np.ndarray:
+    """uint8 H x W x 3: the columns side by side, each (rows, C, h, w) in [0, 1] stacked top to
+    bottom; one-channel images (masks, edges) shown grey."""
+    import torch
+
+    columns = [column.expand(-1, 3, -1, -1) if column.shape[1] == 1 else column for column in columns]
+    image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*h x cols*w
+    return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
 def metric_names(scores: dict[str, dict[str, float]]) -> list[str]:

@@ -134,6 +134,11 @@ class MethodBase(ABC):
         config chooses its input (Panini reads `lq` for blind restoration, `lr` for SR)."""
         return cls.inputs
 
+    def samples(self) -> Tensor | None:
+        """Images showing what a model with no image input learned (a GAN prior's faces), in
+        [0, 1]; None for a method that restores images. The train stage logs them as samples.png."""
+        return None
+
     # -- the contract ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         """The live dict: the training loop moves these and may replace entries by DDP wrappers."""

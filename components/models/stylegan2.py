@@ -116,6 +116,8 @@ LEAKY_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)  # keeps a leaky ReLU layer's output variance ~1 (He init gain)
 MAX_RESOLUTION = 1024
 STDDEV_GROUP = 4
+SAMPLE_SEED = 0  # `samples`: the same faces after every training, so logged grids compare
+SAMPLE_COUNT = 16
 FuseHook = Callable[[int, Tensor], Tensor]
 
 
@@ -627,6 +629,10 @@ class StyleGAN2(MethodBase):
             centre = self.mean_latent(seed=seed) if truncation != 1.0 else None
             image, _ = prior(z, truncation=truncation, truncation_latent=centre, noise=noise)
         return to_unit_range(image)
+
+    def samples(self) -> Tensor:
+        """SAMPLE_COUNT faces of g_ema from fixed z and noise: the grid the train stage logs."""
+        return self.generate(SAMPLE_COUNT, seed=SAMPLE_SEED)
 
     def restore(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotARestorer(

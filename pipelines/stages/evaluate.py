@@ -113,28 +113,15 @@ def restore_all(method: Any, batch: dict, batch_size: int):
 
 def grid(target, outputs: dict, rows: int):
     """uint8 HxWx3: per row each output (baselines first, then models), then the target."""
-    import torch
+    from components.metrics.report import image_grid
 
     rows = min(rows, len(target))
-    columns = [out[:rows] for out in outputs.values()] + [target[:rows]]
-    columns = [column.expand(-1, 3, -1, -1) if column.shape[1] == 1 else column for column in columns]
-    image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*H x cols*W
-    return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    return image_grid([out[:rows] for out in outputs.values()] + [target[:rows]])
 
 
 def write_outputs(ctx: StageContext, metrics: dict[str, float], report: Any) -> None:
     """metrics.json, the report as Markdown, CSV and HTML (with its grids), all logged to MLflow."""
-    import tempfile
-    from pathlib import Path
-
-    from mlflow.tracking import MlflowClient
-
     from components import storage
 
     storage.write_json_atomic(ctx.path("metrics.json"), metrics)
-    client = MlflowClient(ctx.tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in report.files().items():
-            storage.write_bytes_atomic(ctx.path(name), data)
-            Path(tmp, name).write_bytes(data)
-            client.log_artifact(ctx.mlflow_run_id, str(Path(tmp, name)))
+    ctx.publish(report.files())

@@ -79,6 +79,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     trained = rebuild(cfg, result.state, upstream)
     resumed_from = int(result.metrics.get("resumed_from", 0))
     data = save_trained(ctx, trained, shards)
+    publish_samples(ctx, trained)
     losses = {k: float(v) for k, v in result.state["metrics"].items()}
     return StageOutput(
         artifact="model",
@@ -96,6 +97,7 @@ def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict
 
     method = build_method(cfg.method, cfg.method_config(), upstream)
     data = save_trained(ctx, method, shards)
+    publish_samples(ctx, method)
     ctx.progress.update(done=0, total=0, unit="steps", message="exported as built (steps: 0)")
     return StageOutput(artifact="model", count=0, step=0, metrics={"step": 0},
                        details={"method": cfg.method, "task": method.task, "data": data,
@@ -110,6 +112,22 @@ def save_trained(ctx: StageContext, method: Any, shards: Any) -> dict[str, Any]:
     model_config["data"] = trained_on(shards)
     save_model_dir(ctx.output_uri, state, model_config)
     return model_config["data"]
+
+
+def publish_samples(ctx: StageContext, method: Any) -> None:
+    """samples.png (in the stage output and its MLflow run) for a method that draws samples: a
+    GAN prior's faces, in a square grid, the same seeds each time."""
+    import math
+
+    from components.data.schema import encode_png
+    from components.metrics.report import image_grid
+
+    samples = method.samples()
+    if samples is None:
+        return
+    side = math.isqrt(len(samples))
+    columns = samples[:side * side].cpu().unflatten(0, (side, side))
+    ctx.publish({"samples.png": encode_png(image_grid(list(columns)))})
 
 
 def trained_on(shards: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from components.models.stylegan2 import (
     ModulatedConv2d,
     StyleGAN2,
     Upsample,
+    accumulate,
     blur_kernel,
     export_state_dict,
     import_state_dict,
@@ -106,6 +107,15 @@ def test_generator_makes_rgb_at_the_resolution_and_one_latent_per_layer():
     assert samples.min() >= 0.0 and samples.max() <= 1.0 and samples.std() > 0.01
     assert torch.equal(samples, method.generate(4, seed=1))
     assert not torch.equal(samples, method.generate(4, seed=2))
+
+
+def test_samples_for_the_logged_grid_are_the_same_faces_until_the_generator_changes():
+    method = tiny()
+    first = method.samples()
+    assert first.shape == (16, 3, 16, 16) and torch.equal(first, method.samples())
+    method.training_step({"hq": torch.rand(4, 3, 16, 16)}, 1)
+    accumulate(method.networks()["g_ema"], method.networks()["g"], decay=0.0)
+    assert not torch.equal(first, method.samples())
 
 
 def test_truncation_pulls_samples_towards_the_mean_latent():
