@@ -1,4 +1,4 @@
-"""pipelines/configs/face_sr.yaml and masked_face.yaml at test size, on the shared local Ray."""
+"""pipelines/configs/face_sr.yaml, masked_face.yaml and blind.yaml at test size, on the shared local Ray."""
 
 from __future__ import annotations
 
@@ -44,3 +44,20 @@ def test_masked_face_recipe_trains_without_pairs_and_scores_beside_mean_fill_and
     metrics = record["stages"]["evaluate"]["metrics"]
     for name in ("mean_fill", "telea", "navier_stokes", "train_contrastive_inpaint"):
         assert f"{name}/psnr_hole" in metrics
+
+
+def test_blind_recipe_pretrains_the_dre_and_prior_then_scores_panini_for_blind_restoration_and_x16_sr(
+        tmp_path, ray_address):
+    from mlflow.tracking import MlflowClient
+
+    trained = ["pretrain_dre", "train_prior", "train_panini", "train_panini_sr"]
+    record = run_tiny("blind", tmp_path, {**train_settings(trained, steps=10), "pretrain_dre.model.queue_size": 32,
+                                          "train_prior.model.resolution": 32})
+    assert record["state"] == "finished"
+    metrics = record["stages"]["evaluate"]["metrics"]
+    assert {"input/psnr", "train_panini/psnr", "bicubic/psnr", "train_panini_sr/psnr"} <= set(metrics)
+    assert not any(key.startswith(("pretrain_dre/", "train_prior/")) for key in metrics)  # upstream, not restorers
+    samples = MlflowClient(record["tracking_uri"]).list_artifacts(record["stages"]["train_prior"]["mlflow_run_id"])
+    assert "samples.png" in {a.path for a in samples}
+    assert record["stages"]["register"]["metrics"]["version"] == 1
+    assert record["stages"]["register_sr"]["metrics"]["version"] == 1
