@@ -1,4 +1,3 @@
-import contextlib
 import math
 
 import pytest
@@ -73,31 +72,18 @@ def panini(upstream, **overrides) -> Panini:
     return build_method("panini", {**TINY, **overrides}, upstream)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """32 px maps of 8-32 channels gain nothing from intra-op threads, and on a busy 2-core machine
-    two threads wait on each other at every op (steps ran up to 20x slower); also one reduction order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train(method, data, steps=STEPS, seed=0):
     """`steps` steps on random batches of BATCH faces drawn from `data`, the last sixth at lr / 10
     (the official schedule decays too, cosine to 1e-7; the constant-lr model swings by +-0.5 dB)."""
     generator = torch.Generator().manual_seed(seed)
     n = len(data["hq"])
-    with one_thread():
-        for step in range(1, steps + 1):
-            if step == steps * 5 // 6 + 1:
-                for opt in method.optimizers().values():
-                    for group in opt.param_groups:
-                        group["lr"] /= 10
-            rows = torch.randperm(n, generator=generator)[:BATCH]
-            method.training_step({key: value[rows] for key, value in data.items()}, step)
+    for step in range(1, steps + 1):
+        if step == steps * 5 // 6 + 1:
+            for opt in method.optimizers().values():
+                for group in opt.param_groups:
+                    group["lr"] /= 10
+        rows = torch.randperm(n, generator=generator)[:BATCH]
+        method.training_step({key: value[rows] for key, value in data.items()}, step)
     return method
 
 
@@ -262,8 +248,7 @@ def test_l1_and_perceptual_fall_and_the_adversarial_terms_stay_finite_on_a_fixed
     method = panini(upstream, lr=3e-3)
     # A randomly initialised VGG19 stands in for the ImageNet weights the CPU tests do not have.
     method.perceptual = PerceptualLoss(VGG19Features(None), {PERCEPTUAL_LAYER: 1.0})
-    with one_thread():
-        values = [method.training_step(dict(faces), step) for step in range(1, 41)]
+    values = [method.training_step(dict(faces), step) for step in range(1, 41)]
     for key in ("l1", "perceptual", "loss"):
         first, last = (sum(v[key] for v in part) / 5 for part in (values[:5], values[-5:]))
         assert last < 0.85 * first, f"{key}: first {first:.4f}, last {last:.4f}"
