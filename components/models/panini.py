@@ -528,7 +528,7 @@ class Panini(MethodBase):
                 raise ValueError(f"panini (input 'lr') with a {resolution} px prior needs lr (N, 3, h, h) with h "
                                  f"dividing {resolution}, got {tuple(lr.shape)}")
             return classical.bicubic(lr, factor)
-        # contiguous: decoded batches can arrive channels-last (HWC arrays), which makes every conv ~10x slower here
+        # decoded batches arrive channels-last in memory (transposed HWC arrays): one NCHW layout from here on
         lq = batch["lq"].to(self.device, torch.float32).contiguous()
         if lq.ndim != 4 or tuple(lq.shape[1:]) != (3, resolution, resolution):
             raise ValueError(f"panini with a {resolution} px prior needs lq (N, 3, {resolution}, {resolution}) "
