@@ -143,8 +143,8 @@ def read_bytes(uri: str) -> bytes:
         raise FileNotFoundError(f"no file at {uri}") from err
 
 
-def write_json_atomic(uri: str, value: Any) -> None:
-    write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+def write_json_atomic(uri: str, value: Any, sort_keys: bool = True) -> None:
+    write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=sort_keys, default=str).encode())
 
 
 def read_json(uri: str) -> Any:

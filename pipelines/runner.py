@@ -114,7 +114,6 @@ class Runner:
             "started_at": time.time(),
             "state": "running",
             "selection": {"only": self.selection.only, "from": self.selection.start, "force": list(self.selection.force)},
-            "order": [e.stage.name for e in entries],
             "stages": {
                 e.stage.name: {
                     "state": "pending" if e.will_run else ("cached" if e.state is State.CACHED else "skipped"),

@@ -79,19 +79,15 @@ class Store:
         return storage.join(self.uri, "runs", f"{run_id}.json")
 
     def save_run(self, record: dict[str, Any]) -> None:
-        storage.write_json_atomic(self.run_uri(record["run_id"]), record)
+        # Unsorted: the stages keep the plan's order, which `status` and `report` show.
+        storage.write_json_atomic(self.run_uri(record["run_id"]), record, sort_keys=False)
 
     def load_run(self, run_id: str) -> dict[str, Any]:
         uri = self.run_uri(run_id)
         if not storage.exists(uri):
             known = [r["run_id"] for r in self.list_runs()][:5]
             raise FileNotFoundError(f"no pipeline run '{run_id}' in store {self.uri} (recent: {', '.join(known) or 'none'})")
-        record = storage.read_json(uri)
-        # JSON files keep keys sorted; "order" is the plan's (DAG) order of the stages.
-        order = record.get("order", [])
-        record["stages"] = {name: record["stages"][name] for name in sorted(
-            record["stages"], key=lambda name: order.index(name) if name in order else len(order))}
-        return record
+        return storage.read_json(uri)
 
     def list_runs(self) -> list[dict[str, Any]]:
         runs = [storage.read_json(entry.uri) for entry in storage.list_dir(storage.join(self.uri, "runs"))
