@@ -6,6 +6,7 @@ A method's test file imports these instead of writing its own copies:
     assert_export_round_trip(method, batch)
     assert_training_step_finite_under_bf16(method, batch)
     run_ddp_steps("cafin", {...}, batch)
+    run_on_two_gloo_ranks(module_level_fn, *args)  # anything else that needs 2 DDP ranks
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,31 +93,45 @@ def run_ddp_steps(method: str, cfg: Mapping[str, Any], batch: Mapping[str, Tenso
     """`steps` training steps on 2 gloo DDP processes, networks wrapped as the training loop
     wraps them (`wrap_for_ddp`); returns rank 0's losses. Catches what only DDP breaks:
     in-place buffer updates between forwards, parameters that get no gradient."""
-    port = _free_port()
+    return run_on_two_gloo_ranks(_training_steps, method, dict(cfg), {k: v.clone() for k, v in batch.items()},
+                                 steps, dict(upstream or {}))
+
+
+def _training_steps(rank: int, world: int, method_name: str, cfg: dict, batch: dict, steps: int,
+                    upstream: dict) -> list[dict[str, float]]:
+    from components.training.loop import wrap_for_ddp
+
+    torch.manual_seed(rank)
+    method = build_method(method_name, cfg, upstream)
+    wrap_for_ddp(method, torch.device("cpu"), world)
+    return [method.training_step(dict(batch), step) for step in range(1, steps + 1)]
+
+
+def run_on_two_gloo_ranks(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(rank, world, *args)` in 2 spawned processes joined by a gloo process group;
+    returns what rank 0's call returned. `fn` must be a module-level function (it is pickled)."""
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_ddp_worker, args=(2, port, method, dict(cfg), {k: v.clone() for k, v in batch.items()}, steps,
-                                dict(upstream or {}), queue), nprocs=2, join=True)
+    mp.spawn(_gloo_rank, args=(2, _free_port(), fn, args, queue), nprocs=2, join=True)
     return queue.get()
 
 
-def _ddp_worker(rank: int, world: int, port: int, method_name: str, cfg: dict, batch: dict, steps: int,
-                upstream: dict, queue: Any) -> None:
+def _gloo_rank(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, queue: Any) -> None:
     import torch.distributed as dist
-
-    from components.training.loop import wrap_for_ddp
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(rank)
-        method = build_method(method_name, cfg, upstream)
-        wrap_for_ddp(method, torch.device("cpu"), world)
-        losses = [method.training_step(dict(batch), step) for step in range(1, steps + 1)]
+        result = fn(rank, world, *args)
         if rank == 0:
-            queue.put(losses)
+            queue.put(result)
+        dist.barrier()  # neither rank tears its connections down while the other still talks
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: on torch 2.13 CPU, gloo's threads abort it
+    # ("terminate called without an active exception") in about 1 exit of 3, after every
+    # collective has finished and the result is sent. Failures above still raise and are reported.
+    os._exit(0)
 
 
 def _free_port() -> int:

@@ -1,15 +1,13 @@
 import math
-import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from components.losses.adversarial import AdversarialLoss
 from components.models.patchgan import PatchDiscriminator
-from tests.unit.method_checks import _free_port
+from tests.unit.method_checks import run_on_two_gloo_ranks
 
 
 @pytest.mark.parametrize(("size", "logits_side"), [(32, 2), (64, 6)])
@@ -88,47 +86,36 @@ def test_bf16_autocast_gives_finite_logits_and_loss():
 
 
 def test_ddp_discriminator_survives_real_and_fake_forwards_before_each_backward_twice():
-    port = _free_port()
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_ddp_discriminator_steps, args=(2, port, queue), nprocs=2, join=True)
-    result = queue.get()
+    result = run_on_two_gloo_ranks(_ddp_discriminator_steps)
     assert result["finite"], result
     assert result["trained"], "the optimiser steps left the weights unchanged"
     # DDP averaged the gradients, so both ranks hold the same weights and power-iteration vectors
     assert result["same_params"] and result["same_buffers"], result
 
 
-def _ddp_discriminator_steps(rank: int, world: int, port: int, queue) -> None:
-    import torch.distributed as dist
+def _ddp_discriminator_steps(rank: int, world: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's
-        d = DistributedDataParallel(PatchDiscriminator(3, width=8))
-        initial = torch.cat([p.detach().flatten().clone() for p in d.parameters()])
-        opt = torch.optim.Adam(d.parameters(), lr=1e-3)
-        adversarial = AdversarialLoss("nsgan")
-        losses = []
-        for _ in range(2):
-            real, fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-            real_logits, _ = d(real)
-            fake_logits, _ = d(fake)
-            loss = adversarial(real_logits, True) + adversarial(fake_logits, False)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        params = torch.cat([p.detach().flatten() for p in d.parameters()])
-        buffers = torch.cat([b.flatten() for b in d.module.buffers()])
-        same_params, same_buffers = _equal_on_all_ranks(params, world), _equal_on_all_ranks(buffers, world)
-        if rank == 0:
-            queue.put({"finite": all(map(math.isfinite, losses)), "trained": not torch.equal(params, initial),
-                       "same_params": same_params, "same_buffers": same_buffers, "losses": losses})
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's
+    d = DistributedDataParallel(PatchDiscriminator(3, width=8))
+    initial = torch.cat([p.detach().flatten().clone() for p in d.parameters()])
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+    adversarial = AdversarialLoss("nsgan")
+    losses = []
+    for _ in range(2):
+        real, fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+        real_logits, _ = d(real)
+        fake_logits, _ = d(fake)
+        loss = adversarial(real_logits, True) + adversarial(fake_logits, False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    params = torch.cat([p.detach().flatten() for p in d.parameters()])
+    buffers = torch.cat([b.flatten() for b in d.module.buffers()])
+    return {"finite": all(map(math.isfinite, losses)), "trained": not torch.equal(params, initial),
+            "same_params": _equal_on_all_ranks(params, world), "same_buffers": _equal_on_all_ranks(buffers, world),
+            "losses": losses}
 
 
 def _equal_on_all_ranks(tensor: torch.Tensor, world: int) -> bool:
