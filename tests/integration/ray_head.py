@@ -87,14 +87,15 @@ def session_processes(leader: int) -> list[psutil.Process]:
     return members
 
 
-def stop_session(process: subprocess.Popen, grace: float = 30) -> None:
+def stop_session(process: subprocess.Popen, grace: float = 5) -> None:
     """SIGTERM to a session leader (`ray start --block` shuts its node down on it); then kill whatever of
-    its session is left."""
+    its session is left after `grace` seconds. A head whose job driver or train workers were killed
+    takes ~30 s to stop itself; nothing of it is kept, so the test need not wait for that."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     deadline = time.time() + grace
     while time.time() < deadline and (process.poll() is None or session_processes(process.pid)):
-        time.sleep(0.5)
+        time.sleep(0.2)
     for proc in session_processes(process.pid):
         try:
             proc.kill()

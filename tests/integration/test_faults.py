@@ -36,7 +36,7 @@ from tests.integration.tiny import write_tiny_config
 
 pytestmark = pytest.mark.integration
 
-STEPS, EVERY = 60, 20  # training steps, checkpoint interval
+STEPS, EVERY = 160, 20  # training steps, checkpoint interval: 140 steps (~14 s) of room to land each fault
 
 
 @pytest.fixture(scope="module")
