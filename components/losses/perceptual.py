@@ -29,13 +29,14 @@ Departures from EdgeConnect:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from components.weight_files import check_state, read_state_dict
 
 # torchvision's VGG19 configuration "E": conv widths, "M" = 2x2 max pool.
 VGG19_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -115,35 +116,9 @@ class VGG19Features(nn.Module):
 
 def read_vgg19_state(path: str | Path, expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The VGG19 feature weights in `path`, keys and shapes checked against `expected`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG19 weights file {path} does not exist")
-    raw = _load_tensors(path)
-    state = _feature_keys(raw)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"VGG19 weights file {path} does not match torchvision's vgg19().features layout: "
-                         f"missing keys {_preview(missing)}; unexpected keys {_preview(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} (want {tuple(expected[k].shape)})"
-             for k in expected if state[k].shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"VGG19 weights file {path} has tensors of the wrong shape: {_preview(wrong)}")
-    return {k: v.float() for k, v in state.items()}
-
-
-def _load_tensors(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"VGG19 weights file {path} is not a readable state dict: {err}") from err
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"VGG19 weights file {path} holds a {type(loaded).__name__}, not a state dict of tensors")
-    return dict(loaded)
+    state = _feature_keys(read_state_dict(path, "VGG19", "weights"))
+    checked = check_state(Path(path), "VGG19", state, expected, layout="torchvision's vgg19().features layout")
+    return {k: v.float() for k, v in checked.items()}
 
 
 def _feature_keys(raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -151,13 +126,6 @@ def _feature_keys(raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if not any(k.startswith("features.") for k in raw):
         return dict(raw)
     return {k.removeprefix("features."): v for k, v in raw.items() if not k.startswith("classifier.")}
-
-
-def _preview(keys: list[str], limit: int = 6) -> str:
-    if not keys:
-        return "none"
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def gram_matrix(features: Tensor) -> Tensor:

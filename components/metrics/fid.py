@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.metrics.weights import MetricUnavailable, check_state, read_weights
+from components.metrics.weights import MetricUnavailable, read_weights
+from components.weight_files import check_state
 
 FID_INPUT_SIZE = 299  # pytorch-fid InceptionV3(resize_input=True)
 FID_FEATURES = 2048  # pool3, pytorch-fid DEFAULT_BLOCK_INDEX = 3

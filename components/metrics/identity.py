@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.metrics.weights import MetricUnavailable, check_state, read_weights
+from components.metrics.weights import MetricUnavailable, read_weights
+from components.weight_files import check_state
 
 ARCFACE_INPUT = 112  # insightface arcface_torch: 112 x 112 aligned faces
 ARCFACE_EMBEDDING = 512  # iresnet num_features

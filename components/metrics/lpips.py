@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from components.metrics.weights import MetricUnavailable, check_state, read_weights
+from components.metrics.weights import MetricUnavailable, read_weights
+from components.weight_files import check_state
 
 # torchvision's VGG16 configuration "D" up to relu5_3: conv widths, "M" = 2x2 max pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
