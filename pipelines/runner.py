@@ -6,6 +6,7 @@ plan can tell an interrupted output from a missing one), the data, `manifest.jso
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -68,6 +69,10 @@ def connect_ray(cfg: PipelineConfig, address: str | None = None) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    if not quiet["log_to_driver"]:
+        # A training stage reads a small split once on the driver (components/data/ray_dataset.py);
+        # Ray Data's INFO lines about that read would break into the live view.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def new_run_id() -> str:
