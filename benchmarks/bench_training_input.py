@@ -60,14 +60,9 @@ def write_shards(directory: Path, faces: int, resolution: int, shard_size: int) 
 
 
 def dataset(uris: list[str], keep: bool) -> Any:
-    from components.data import ray_dataset
+    from components.data.ray_dataset import shard_dataset
 
-    share = ray_dataset.KEEP_IN_MEMORY_SHARE
-    ray_dataset.KEEP_IN_MEMORY_SHARE = share if keep else 0.0
-    try:
-        return ray_dataset.shard_dataset(uris, "train", COLUMNS).streaming_split(2, equal=True)
-    finally:
-        ray_dataset.KEEP_IN_MEMORY_SHARE = share
+    return shard_dataset(uris, "train", COLUMNS, keep=keep).streaming_split(2, equal=True)
 
 
 def epoch_seconds(consumers: list[Any]) -> float:

@@ -13,8 +13,9 @@ from components.data.decode import decode_columns
 KEEP_IN_MEMORY_SHARE = 0.1
 
 
-def shard_dataset(shard_uris: Sequence[str], split: str, columns: Sequence[str]) -> Any:
+def shard_dataset(shard_uris: Sequence[str], split: str, columns: Sequence[str], keep: bool | None = None) -> Any:
     """Only `columns` (PNG) come out, decoded to float32 NCHW: iter_torch_batches rejects strings.
+    `keep`: hold the split in the object store after one read; None keeps it when it fits.
 
     Why small splits are kept: every execution of a Parquet read lists its files again, and
     Ray Data 2.60 starts a pool of footer-reading actors to do it, ~2 s per epoch whatever the
@@ -29,7 +30,9 @@ def shard_dataset(shard_uris: Sequence[str], split: str, columns: Sequence[str])
     paths = [storage.resolve(uri)[1] for uri in shard_uris]
     dataset = ray.data.read_parquet(paths, filesystem=filesystem).select_columns(["split", *columns])
     dataset = dataset.filter(expr=f"split == '{split}'")
-    if fits_in_object_store(sum(info.size for info in filesystem.get_file_info(paths))):
+    if keep is None:
+        keep = fits_in_object_store(sum(info.size for info in filesystem.get_file_info(paths)))
+    if keep:
         dataset = dataset.materialize()
     return dataset.map_batches(decode_columns, fn_kwargs={"columns": list(columns)}, batch_format="numpy")
 
