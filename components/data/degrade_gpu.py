@@ -4,33 +4,15 @@
 
 This is the twin of `degrade.degrade` (the OpenCV engine) for a batch on any device: the
 same `DegradationParams` give the same kernel (`degrade.gaussian_kernel`), the same sizes
-and, up to float error and the JPEG codec, the same image. Step by step, what matches what:
+and, up to float error and the JPEG codec, the same image. Steps: blur with
+`kornia.filters.filter2d` on a reflect-101 padded input, bilinear downsample and resize back,
+Gaussian noise from a `torch.Generator`, and `kornia.enhance.jpeg_codec_differentiable`
+(close to OpenCV's libjpeg, not equal).
 
-- blur: `kornia.filters.filter2d` (cross-correlation, like `cv2.filter2D`) with one kernel
-  per sample, on an input padded by reflect-101 (`cv2.BORDER_REFLECT_101`, OpenCV's default
-  border). The padding is done here by index so that, like OpenCV, it also works for images
-  smaller than half the kernel, where torch's 'reflect' pad refuses.
-- downsample / resize back: `F.interpolate(mode="bilinear", align_corners=False,
-  antialias=False)` to an explicit size. Both it and `cv2.INTER_LINEAR` map output pixel
-  centres with the half-pixel convention, scale by in/out size, and clamp at the border, so
-  they agree to float error.
-- noise: Gaussian on the 0-255 scale, drawn from a `torch.Generator`; the values differ
-  from numpy's, the distribution does not.
-- JPEG: `kornia.enhance.jpeg_codec_differentiable` (the standard libjpeg tables scaled by
-  quality as libjpeg does, 4:2:0 chroma). It is not libjpeg: it subsamples chroma with an
-  antialiased bilinear (a 4-tap triangle, where libjpeg averages 2 x 2) and rounds the DCT
-  coefficients with a cubic soft-round, so its output is close to OpenCV's, not equal.
-
-Measured against the OpenCV path on rendered 32-64 px faces (mean absolute difference on
-0-255; the unit tests check these with margin):
-- blur, 41 px kernel: ~1e-4, at any image size (float error);
-- bilinear downsample and resize back: ~1e-5 (float error);
-- JPEG, quality 60-100: PSNR against its input within 1 dB of OpenCV's at 16-64 px (1.5 dB
-  at 4-6 px); per pixel 0.5-2.7 at 32-64 px, up to ~6 on 4-16 px images, where the
-  chroma filters decide much of the picture;
-- the whole model with noise 0, GFPGAN's ranges: mean 1.4-1.8 per image; worst 3.9 at 64 px
-  and 8.7 at 48 px, when the image was shrunk to a few pixels before JPEG. At quality 100:
-  mean 0.6-1.0. All of it comes from the JPEG step.
+`degrade_batch`: N x 3 x H x W RGB (uint8, or float on 0-255) and one `DegradationParams` per
+image in; uint8 N x 3 x H x W on the input's device out. What matches what step by step, and
+the differences measured against the OpenCV path: docs/methods.md, section
+"data/degrade_gpu.py".
 """
 
 from __future__ import annotations

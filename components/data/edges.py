@@ -1,28 +1,14 @@
 """Canny edge maps of the HQ image: the target of the edge-GAN stage.
 
-EdgeConnect (Nazeri et al. 2019, knazeri/edge-connect, src/dataset.py `load_edge`) trains
-its edge generator on `skimage.feature.canny(rgb2gray(img), sigma=SIGMA)` with SIGMA = 2
-(config.yml.example) and skimage's default thresholds. skimage is not a dependency here, so
-both paths below rebuild that recipe step by step:
+EdgeConnect's recipe, `skimage.feature.canny(rgb2gray(img), sigma=2)` with skimage's default
+thresholds, rebuilt step by step without skimage (skimage's grey weights `GREY_WEIGHTS`,
+Gaussian blur, Sobel magnitude, absolute thresholds 0.1 / 0.2, non-maximum suppression,
+hysteresis). Each step's source and where it differs from skimage: docs/methods.md, section
+"data/edges.py".
 
-- grey: skimage's `rgb2gray` weights (Rec. 709 luma: 0.2125 R + 0.7154 G + 0.0721 B) on
-  [0, 1]; not OpenCV's or kornia's Rec. 601 weights.
-- blur: a Gaussian of `sigma` truncated at 4 sigma (skimage's `truncate=4.0`: a 17-tap
-  kernel at sigma 2), reflect-101 at the border. skimage pads with zeros and divides by the
-  blurred mask instead; both leave flat borders flat, so neither makes border edges.
-- gradient: the unnormalised 3x3 Sobel pair ([1, 2, 1] x [-1, 0, 1], as `scipy.ndimage.sobel`
-  in skimage) and the L2 magnitude, replicate at the border.
-- thresholds: skimage's defaults, low 0.1 and high 0.2, absolute on that magnitude of a
-  [0, 1] image (a unit step reaches 4 before the blur). They are not fractions of the
-  image's largest gradient.
-- non-maximum suppression and 8-connected hysteresis: OpenCV's `cv2.Canny` (fed our own
-  gradients, in int16 fixed point) and `kornia.filters.canny` both round the gradient
-  direction to 45 degrees, where skimage interpolates between neighbours; that moves some
-  edge pixels by one pixel.
-- skimage never marks the outermost row and column; nor do we.
-
-The OpenCV path (`canny_edges`) runs in the CPU data tasks; the kornia path
-(`canny_edges_batch`) does a batch on any device. The tests measure how far they agree.
+The OpenCV path (`canny_edges`: H x W x 3 uint8 RGB -> H x W uint8 {0, 1}) runs in the CPU
+data tasks; the kornia path (`canny_edges_batch`: N x 3 x H x W float RGB in [0, 1] ->
+N x 1 x H x W {0, 1}) does a batch on any device. The tests measure how far they agree.
 """
 
 from __future__ import annotations

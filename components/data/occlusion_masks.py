@@ -1,29 +1,16 @@
 """Face-occlusion masks placed from the 5 landmarks: surgical mask, sunglasses, hand (1 = missing).
 
-Free-form strokes and boxes (`masks.py`) hide random parts of the image; real occluders of
-faces hide the same parts every time: a surgical mask hides the nose and mouth, sunglasses
-the eyes, a hand the mouth or the eyes. Each occluder is drawn in a frame fixed to the face:
-origin at the midpoint of the eyes, one axis along the eye line, the other towards the
-mouth, and one unit = the inter-ocular distance (IOD). So the mask follows the face's size,
-position and roll, and one set of shape ranges fits every resolution.
-
-Shape ranges are in IOD units, from typical adult sizes with IOD ~ 63 mm: sunglasses lenses
-50-60 mm wide with a 15-20 mm bridge, so lens centres sit a little outside the pupils; a palm
-~8 cm wide and ~10 cm long, fingers ~7-8 cm long and ~1.8 cm wide. In the FFHQ template
-below the nose tip is 0.59 IOD under the eye line and the mouth corners 1.04 IOD.
+Each occluder is drawn in a frame fixed to the face: origin at the midpoint of the eyes, one
+axis along the eye line, the other towards the mouth, and one unit = the inter-ocular distance
+(IOD), so the mask follows the face's size, position and roll. Where the shape ranges and the
+landmark template come from: docs/methods.md, section "data/occlusion_masks.py".
 
 Landmarks are (5, 2) float pixel coordinates (x, y) in the order left eye, right eye, nose
 tip, left mouth corner, right mouth corner ("left" = smaller x in the image), in pixel-index
 coordinates (the centre of pixel (i, j) is at x=j, y=i), as `faces.render_face` returns
-them and as facexlib's detectors give them.
-
-When a real aligned image has no landmarks, `template_landmarks` gives the 5-point template
-that GFPGAN / facexlib warp faces to: `face_template` of facexlib's `FaceRestoreHelper`
-(xinntao/facexlib, facexlib/utils/face_restoration_helper.py, "standard 5 landmarks for
-FFHQ faces with 512 x 512"), which scales it to a face size s by `* (s / 512)`; we scale the
-same way, so the points match a facexlib crop at any size. (`faces.py` places its faces at
-`template / 512 * s - 0.5`, half a pixel from this; at 64 px that is 0.5 px, well inside the
-shapes' margins.)
+them and as facexlib's detectors give them. `occlusion_mask` returns a size x size uint8 mask
+of {0, 1}; `template_landmarks` gives the FFHQ 5-point template for a real aligned image
+that has no landmarks.
 """
 
 from __future__ import annotations

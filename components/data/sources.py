@@ -1,29 +1,16 @@
 """Where the high-quality faces come from: list a source's items, then load each as RGB.
 
-Aligned faces are assumed, as FFHQ and CelebA-HQ ship them: the face already fills the
-frame upright, so an image is only centre-cropped to a square and resized (INTER_AREA
-when shrinking, INTER_CUBIC when enlarging); nothing detects or warps faces.
+Sources are a union on `kind`: `procedural` (the built-in generator; its items are sample
+ids, rendered by `components.data.faces`), `folder`, `ffhq`, `celebahq` and `parquet`. Paths
+are anything `components.storage` opens (local paths, s3://, gs://). `list_items` is cheap
+(file listings and Parquet metadata, no decoding) and its order is a function of the names
+alone, so shards cut from it are the same on every run.
 
-Sources are a union on `kind`: `procedural` (the built-in generator; its items are
-sample ids, rendered by `components.data.faces`), `folder`, `ffhq`, `celebahq` and
-`parquet`. Paths are anything `components.storage` opens (local paths, s3://, gs://).
-`list_items` is cheap (file listings and Parquet metadata, no decoding) and its order is
-a function of the names alone, so shards cut from it are the same on every run.
-
-A bad image never stops a run: `load_image` raises `SkippedImage`; `iter_images` yields
-it in the image's place, and `load_images` collects it as an {"id", "path", "reason"}
-record for the manifest. What counts as bad, and what is repaired instead (ImageLimits
-holds the numbers):
-- undecodable, truncated, empty or non-image files: skipped;
-- smaller than `min_side`, or so small that reaching the resolution needs more than
-  `max_upscale` x enlargement (the target would be mostly interpolation): skipped;
-- more than `max_megapixels`: skipped, from the PNG / JPEG / WebP header when it can be
-  read, before the pixels are decompressed (a decompression bomb costs nothing); no
-  aligned-face set comes near it (FFHQ and CelebA-HQ are 1 MP);
-- grayscale: replicated to RGB; 16-bit: scaled to 8-bit; CMYK JPEG: converted by
-  OpenCV's decoder; transparency: composited on white, the background a viewer shows;
-  an image with no opaque pixel is skipped; float images (HDR / TIFF): skipped;
-- EXIF orientation is applied to JPEGs (as every viewer does) and ignored elsewhere.
+Aligned faces are assumed: an image is only centre-cropped to a square and resized. A bad
+image never stops a run: `load_image` raises `SkippedImage`; `iter_images` yields it in the
+image's place, and `load_images` collects it as an {"id", "path", "reason"} record for the
+manifest. What counts as bad, what is repaired instead, and why (ImageLimits holds the
+numbers): docs/methods.md, section "data/sources.py".
 """
 
 from __future__ import annotations

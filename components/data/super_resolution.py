@@ -1,28 +1,15 @@
 """Super-resolution pairs: the LR face is the HR face shrunk by antialiased bicubic.
 
-Which bicubic. Face SR papers make their LR inputs with an antialiased bicubic
-(Keys cubic, a = -0.5, its support stretched by the factor so that it low-passes):
-CTCNet (Gao et al., TIP 2023; IVIPLab/CTCNet `data/celeba_dataset.py`, and its 16 px test
-inputs in `train.py`) and SPARNet, whose code CTCNet builds on, call PIL's
-`Image.resize(..., Image.BICUBIC)`; BasicSR makes its bicubic LR sets with MATLAB's
-`imresize` (`scripts/data_preparation/generate_bicubic_img.py` ->
-`basicsr/utils/matlab_functions.imresize`), the same kernel and support. They differ only
-at the border: PIL renormalises the taps that fall outside the image, MATLAB mirrors the
-image. OpenCV has neither: INTER_CUBIC does not widen its kernel when shrinking, so at x8
-an output pixel sees 4 x 4 of the 8 x 8 pixels it stands for and aliases; INTER_AREA is a
-box filter, a different LR. So OpenCV is not used here.
+Face SR papers make their LR inputs with an antialiased bicubic (Keys cubic, a = -0.5, its
+support stretched by the factor): PIL's `Image.resize(..., Image.BICUBIC)` in CTCNet and
+SPARNet, MATLAB's `imresize` in BasicSR. OpenCV's INTER_CUBIC does not widen its kernel when
+shrinking and aliases, so OpenCV is not used here. The sources and the measured agreement:
+docs/methods.md, section "data/super_resolution.py".
 
-CPU: `bicubic_downscale` builds each axis' resampling matrix with PIL's convention (output
-pixel i centred at (i + 0.5) * factor, taps within 2 * factor, weights renormalised at the
-border) and applies it in float64. GPU: `bicubic_downscale_batch` is torch's
+CPU: `bicubic_downscale`, uint8 H x W x 3 -> (H/factor) x (W/factor) x 3, builds each axis'
+resampling matrix with PIL's convention and applies it in float64. GPU:
+`bicubic_downscale_batch`, N x 3 x H x W (uint8, or float on 0-255) -> uint8, is torch's
 `F.interpolate(mode="bicubic", antialias=True)`, whose antialiased path follows PIL's.
-
-Measured on rendered 64 and 128 px faces and on uniform noise at x4 / x8 / x16: the CPU
-path and the GPU path run by torch on CPU gave identical bytes; on CUDA, float rounding at
-.5 may move a pixel by 1 level, which the tests allow. Against PIL the kernel and taps are
-the same: rounding and clipping to uint8 between the passes as PIL does gives its bytes but
-for 1 level in ~2% of pixels (its fixed-point weights). Without that, the mean abs
-difference is 0.08-0.15 per image, up to 4 levels where PIL's first pass overshoots 255.
 """
 
 from __future__ import annotations

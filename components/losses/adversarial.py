@@ -1,26 +1,13 @@
 """GAN losses on raw discriminator logits: non-saturating (BCE), least squares and hinge.
 
-The three kinds EdgeConnect offers (Nazeri et al. 2019, "EdgeConnect: Generative Image
-Inpainting with Adversarial Edge Learning"; knazeri/edge-connect, src/loss.py `AdversarialLoss`,
-`type = nsgan | lsgan | hinge`), for the methods of this project that train a discriminator:
-- "nsgan": Goodfellow et al. 2014's non-saturating loss, binary cross-entropy against 1 (real)
-  or 0 (fake); the generator's loss is the same BCE against 1 on its fakes.
-- "lsgan": Mao et al. 2017, "Least Squares Generative Adversarial Networks": mean squared
-  distance to 1 (real) or 0 (fake); the generator's loss is the distance of its fakes to 1.
-- "hinge": Lim & Ye 2017 / Miyato et al. 2018: the discriminator pays relu(1 - D(x)) on reals and
-  relu(1 + D(x)) on fakes; the generator's loss is -mean(D(fake)).
+"nsgan" (Goodfellow et al. 2014), "lsgan" (Mao et al. 2017) and "hinge" (Lim & Ye 2017 /
+Miyato et al. 2018), the three kinds EdgeConnect offers, for the methods of this project that
+train a discriminator. Definitions, sources and the departures (logits, never probabilities):
+docs/methods.md, section "losses/adversarial.py".
 
-Departures from EdgeConnect, both about where the sigmoid lives:
-- EdgeConnect's discriminator ends in a sigmoid for nsgan and lsgan, and its nsgan loss is
-  `BCELoss` on probabilities. Here the discriminator always returns raw logits, and nsgan uses
-  `binary_cross_entropy_with_logits`: the same value, but without the log(0) overflow of a
-  saturated sigmoid, and safe under autocast (PyTorch refuses plain BCE on bf16/fp16).
-- lsgan here regresses the raw logits onto 1 / 0, Mao et al.'s formulation, where EdgeConnect
-  squares the distance of sigmoid outputs.
-
-Every loss is computed in float32 whatever the logits' dtype (bf16 under the training loop's
-autocast) and returned as a scalar mean. EdgeConnect also halves its discriminator loss,
-(real + fake) / 2; that weighting is the method's, not this module's.
+In: logits of any shape and dtype (bf16 under the training loop's autocast). Out: a float32
+scalar mean. Halving a discriminator loss, (real + fake) / 2, is the method's choice, not
+this module's.
 """
 
 from __future__ import annotations

@@ -1,33 +1,13 @@
 """HSV-space colour loss: per-channel weighted L1 between two RGB images in hue, saturation, value.
 
-Used by CAFIN (Li et al. 2024, cross-attention face image inpainting network), which adds an
-HSV colour term to its reconstruction and adversarial losses so the filled region matches the
-face's skin tone, not only its RGB intensities. The paper's HSV channel weights are not in any
-public code we could find; the defaults (1, 1, 1) weigh the three channels equally, and CAFIN's
-config exposes them.
+Used by CAFIN (Li et al. 2024) so a filled region matches the face's skin tone. Where the
+channel weights come from, the hue-angle error and the chroma weighting of grey pixels (and
+why): docs/methods.md, section "losses/hsv_colour.py".
 
-Conversion: kornia.color.rgb_to_hsv (hue in radians [0, 2pi), saturation and value in [0, 1]).
-Both images are clamped to [0, 1] first: HSV is defined only there, and a network's raw output
-may stray outside (its L1 term still sees the unclamped values).
-
-Per pixel, each error lies in [0, 1]:
-- hue: the angle between the two hues on the colour circle, min(|dh|, 2pi - |dh|) / pi, so hue
-  0.99 and 0.01 (in turns) are 0.04 apart, not 0.98 (hue is an angle; red sits at both ends);
-- saturation and value: |ds| and |dv|.
-
-Grey pixels: hue is undefined where a pixel has no chroma (S = 0, any grey, or V = 0, black;
-kornia then reports hue 0), and its gradient grows as 1 / chroma as a colour fades to grey. The
-hue error is therefore weighted per pixel by min(chroma_pred, chroma_target), chroma = S * V =
-max(R, G, B) - min(R, G, B) (the radius of the HSV cone): zero where either pixel is grey or
-black, where only the S and V terms speak; the full hue error between two equally vivid colours.
-The weight is held constant in the gradient (detached), so the network cannot lower the hue term
-by desaturating its output; against the 1 / chroma of the hue's own gradient it keeps the hue
-term's gradient bounded.
-
-`mask` (N, 1, H, W), 1 = pixel to score (CAFIN passes the holes), restricts every mean to the
-masked pixels; an all-zero mask gives a zero loss (no pixel to score, and no NaN). The result is
-w_h * mean(hue error) + w_s * mean(|ds|) + w_v * mean(|dv|), a float32 scalar whatever the input
-dtype (bf16 under the training loop's autocast).
+In: prediction and target (N, 3, H, W), clamped to [0, 1] before kornia.color.rgb_to_hsv;
+`mask` (N, 1, H, W), 1 = pixel to score, restricts every mean to the masked pixels (an all-zero
+mask gives a zero loss). Out: w_h * mean(hue error) + w_s * mean(|ds|) + w_v * mean(|dv|), a
+float32 scalar whatever the input dtype; each per-pixel error lies in [0, 1].
 """
 
 from __future__ import annotations

@@ -1,35 +1,13 @@
 """PatchNCE: the patch-wise contrastive loss of CUT, with its patch sampler and projection head.
 
-Paper: Park, Efros, Zhang, Zhu 2020, "Contrastive Learning for Unpaired Image-to-Image
-Translation" (CUT), ECCV, section 3.2. A patch of the output should be most similar to the
-patch at the same location of the input (the positive) and unlike the input's patches at the
-other sampled locations of the same image (the negatives): an InfoNCE cross-entropy over
-`P` candidates per query, at several layers of the generator's encoder.
-
-Facts taken from the official code (taesungp/contrastive-unpaired-translation):
-- models/patchnce.py `PatchNCELoss`: logits are dot products of L2-normalised embeddings
-  divided by the temperature `nce_T` = 0.07 (models/cut_model.py option default); the key
-  (input) side is detached; negatives come from the same image only
-  (`nce_includes_all_negatives_from_minibatch` False for CUT); the positive is the query's own
-  location.
-- models/networks.py `PatchSampleF` (`--netF mlp_sample`): the same random locations are
-  drawn for the query and the key feature maps, shared by every image of the batch,
-  `num_patches` = 256 per layer (fewer when the map has fewer positions); each layer has its
-  own 2-layer MLP, Linear(C, 256) - ReLU - Linear(256, 256) (`netF_nc` = 256), applied before
-  L2 normalisation; weights Xavier-normal with gain 0.02, biases zero (base_options.py
-  `init_type xavier`, `init_gain 0.02`).
-
-Departures from the official code:
-- The self-comparison (a query against its own key, which is the positive) is not repeated
-  among the negatives: CUT fills that diagonal entry with -10 before dividing by 0.07, which
-  leaves it a weight of exp(-143), i.e. none. The logits here are the full query-key matrix
-  of one image with the positive on its diagonal: exactly `P - 1` negatives.
-- L2 normalisation through `F.normalize` (norm clamped at 1e-12) in float32, where CUT
-  divides by (norm + 1e-7): equal but for vectors of near-zero norm.
-- The MLPs are built from the known channel counts instead of lazily at the first forward.
+Park, Efros, Zhang, Zhu 2020 (CUT), section 3.2: a patch of the output should match the patch
+at the same location of the input and no other sampled patch of that image, an InfoNCE over
+`P` candidates per query at several encoder layers. The facts taken from the official code and
+the departures: docs/methods.md, section "losses/patchnce.py".
 
 Shapes: `loss(query, positive_key)`, both (N, P, C), L2-normalised along C; returns the
-scalar float32 mean over the N * P queries.
+scalar float32 mean over the N * P queries. The sampler draws `num_patches` = 256 locations
+per layer, shared by every image of the batch; each layer has its own 2-layer MLP head.
 """
 
 from __future__ import annotations

@@ -1,30 +1,14 @@
 """VGG19 perceptual (content) and style losses, with EdgeConnect's layers and weights.
 
-Perceptual loss: Johnson, Alahi, Fei-Fei 2016, "Perceptual Losses for Real-Time Style Transfer
-and Super-Resolution": L1 between VGG activations of the prediction and the target. Style loss:
-Gatys, Ecker, Bethge 2016: L1 between Gram matrices of those activations. Layers and weights are
-EdgeConnect's (Nazeri et al. 2019, section 3.2; knazeri/edge-connect, src/loss.py):
-- PerceptualLoss: relu1_1, relu2_1, relu3_1, relu4_1, relu5_1, each with weight 1.0;
-- StyleLoss: relu2_2, relu3_4, relu4_4, relu5_2, each weighted 1; the Gram matrix of a
-  (C, H, W) map F is F F^T / (C H W).
-Each layer's L1 is a mean over its elements, as in EdgeConnect's `nn.L1Loss`.
+Perceptual loss (Johnson et al. 2016): L1 between VGG19 activations at relu1_1 .. relu5_1;
+style loss (Gatys et al. 2016): L1 between their Gram matrices at relu2_2, relu3_4, relu4_4 and
+relu5_2. The layers' and weights' source, the weights file and the departures: docs/methods.md,
+section "losses/perceptual.py".
 
-VGG19Features has the layer layout of torchvision's `vgg19().features` (16 3x3 convs with ReLUs,
-5 max pools, at the same indices), so torchvision's ImageNet state dict (`vgg19-dcbb9e9d.pth`,
-keys `features.<i>.weight`), or a safetensors file with those keys, loads into it. This project
-does not depend on torchvision; the weights file is a user's download, named by the method's
-`vgg_weights` config key. With no file the network is randomly initialised: enough for tests,
-meaningless as a loss, so methods turn their perceptual and style terms off when
-`vgg_weights` is None.
-
-Departures from EdgeConnect:
-- inputs in [0, 1] are normalised with ImageNet's mean and std inside, the statistics the VGG
-  weights were trained with; EdgeConnect feeds [0, 1] images to VGG unnormalised.
-- the network runs in float32 even under autocast: Gram matrices sum H*W products, which bf16's
-  8-bit mantissa cannot hold, and the loss is compared against small differences.
-- the forward stops at the deepest layer a loss asks for (relu5_1 for the perceptual loss)
-  instead of always running to relu5_4.
-- the target's features are computed without gradient: the target is ground truth.
+In: prediction and target (N, 3, H, W) in [0, 1] (ImageNet-normalised inside). Out: a float32
+scalar. `VGG19Features` loads torchvision's ImageNet `vgg19-dcbb9e9d.pth` (keys
+`features.<i>.weight`) or a safetensors file with those keys, a user's download named by a
+method's `vgg_weights`; with no file the network is random, so methods turn these terms off.
 """
 
 from __future__ import annotations

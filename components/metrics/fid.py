@@ -1,33 +1,14 @@
 """FID, the Frechet Inception Distance between two image sets, in the pytorch-fid / TTUR convention.
 
-Heusel, Ramsauer, Unterthiner, Nessler, Hochreiter 2017, "GANs Trained by a Two Time-Scale
-Update Rule Converge to a Local Nash Equilibrium" (NeurIPS), section "Frechet Inception
-Distance": FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to
-the Inception-v3 pool3 features of the two sets. FID is a number per *set*, not per image;
-lower is closer; it is biased upwards for small sets (report the set size with it).
+Heusel et al. 2017 (NeurIPS): FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between
+Gaussians fitted to the Inception-v3 pool3 features of the two sets. Features, weights and
+statistics follow mseitzer/pytorch-fid; the details, and the graph differences from
+torchvision's Inception-v3 rebuilt here: docs/methods.md, section "metrics/fid.py".
 
-Features follow mseitzer/pytorch-fid (src/pytorch_fid/inception.py, fid_score.py), the
-PyTorch port of the TensorFlow TTUR code that papers' FID figures come from:
-- [0, 1] RGB images resized to 299 x 299, bilinear, align_corners=False, then mapped to
-  [-1, 1] (2x - 1);
-- Inception-v3 up to the final average pool: 2048 features per image (block index 3);
-- the FID-specific TensorFlow weights `pt_inception-2015-12-05-6726825d.pth` (1008 classes),
-  whose graph differs from torchvision's Inception-v3 in three ways that this file rebuilds
-  (pytorch-fid's FIDInceptionA / FIDInceptionC / FIDInceptionE_1 / FIDInceptionE_2): the
-  3x3 average pools in the pooling branches of Mixed_5b-5d, Mixed_6b-6e and Mixed_7b do not
-  count the zero padding (count_include_pad=False, as TensorFlow), and Mixed_7c's pooling
-  branch uses a 3x3 max pool instead of an average pool;
-- statistics: mean and unbiased covariance (np.cov, rowvar=False) in float64; the matrix
-  square root by scipy.linalg.sqrtm; when the product is singular, 1e-6 is added to both
-  diagonals; an imaginary part above 1e-3 on the diagonal of the root is an error, a
-  smaller one is dropped (pytorch-fid's calculate_frechet_distance).
-Widths and kernel shapes are torchvision's Inception3 (torchvision/models/inception.py:
-BasicConv2d = conv without bias + BatchNorm eps 1e-3 + ReLU), with its module names, so the
-pytorch-fid weights file loads key for key with `InceptionFeatures.from_file(path)`; its
-`fc.*` classifier keys are read and ignored. Without a file, `from_file(None)` raises
-MetricUnavailable. No torchvision import: the network is rebuilt here.
-
-Departures: none in the maths. The network runs in float32 with autocast off.
+In: two sets of [0, 1] RGB images (N, 3, H, W), resized to 299 x 299; 2048 features per image.
+Out: one number per *set*, not per image; lower is closer; biased upwards for small sets
+(report the set size with it). Weights: `pt_inception-2015-12-05-6726825d.pth`, loaded key for
+key by `InceptionFeatures.from_file(path)`; `from_file(None)` raises MetricUnavailable.
 """
 
 from __future__ import annotations

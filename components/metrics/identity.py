@@ -1,35 +1,15 @@
 """Identity similarity: cosine similarity of ArcFace embeddings of two faces, (N,3,H,W) x2 -> (N,).
 
 Wan et al. 2024 evaluate masked-face inpainting by whether a face recogniser still sees the
-same person; this module scores each (restored, ground-truth) pair by the cosine similarity of
-their face-recognition embeddings: 1 = same direction, range [-1, 1], higher is better.
+same person; each (restored, ground-truth) pair is scored by the cosine similarity of their
+ArcFace (Deng et al. 2019) IResNet embeddings: range [-1, 1], higher is better. The network
+layout, the input normalisation and the caveat on FFHQ-style crops: docs/methods.md, section
+"metrics/identity.py".
 
-The recogniser is ArcFace's IResNet (Deng, Guo, Xue, Zafeiriou 2019, "ArcFace: Additive Angular
-Margin Loss for Deep Face Recognition", CVPR; the improved pre-activation ResNet of Duta et al.
-2020 as deepinsight/insightface builds it in recognition/arcface_torch/backbones/iresnet.py),
-rebuilt here with insightface's module names so their released `backbone.pth` (e.g.
-ms1mv3_arcface_r50_fp16) loads key for key with `IdentityNet.from_file(path, depth=50)`:
-- stem: 3x3 conv 64 (stride 1, no bias), BatchNorm, PReLU;
-- four stages of IBasicBlocks, widths 64, 128, 256, 512, each stage starting with stride 2;
-  blocks per stage: iresnet18 (2, 2, 2, 2), iresnet34 (3, 4, 6, 3), iresnet50 (3, 4, 14, 3),
-  iresnet100 (3, 13, 30, 3);
-- IBasicBlock: BN -> 3x3 conv -> BN -> PReLU -> 3x3 conv (carrying the stride) -> BN, plus the
-  identity, or a 1x1 conv + BN shortcut when the shape changes; BatchNorm eps 1e-5;
-- head: BN2d -> flatten (512 x 7 x 7 at 112 px input) -> Dropout (p = 0 in the released
-  models; none here) -> Linear to 512 -> BatchNorm1d, the embedding (`fc_scale = 7 * 7`,
-  `num_features = 512`).
-Input: 112 x 112 RGB normalised as insightface's arcface_torch/inference.py does,
-(x - 0.5) / 0.5 for x in [0, 1]. Faces of another size are resized to 112 (bilinear, with
-antialiasing when shrinking: a 512 px face shrunk without it aliases).
-
-Caveat, not a departure in the network: ArcFace was trained on faces warped to its own
-112 x 112 five-point template; FFHQ-style aligned crops are looser (more hair and
-background), so absolute similarities are lower than on ArcFace crops. The number is meant
-for comparing methods on one test set, as the paper uses it.
-
-Weights: a user's download; `from_file(None)` raises MetricUnavailable. `.pth` read with
-`torch.load(weights_only=True)`, `.safetensors` with the same keys work too. `width` and
-`embedding_dim` shrink the network for tests only (same keys, smaller tensors).
+In: faces in [0, 1], resized to 112 x 112 (bilinear, antialiased when shrinking). Out: (N,).
+Weights: insightface's released `backbone.pth` (e.g. ms1mv3_arcface_r50_fp16), loaded key for
+key by `IdentityNet.from_file(path, depth=50)`; `from_file(None)` raises MetricUnavailable.
+`width` and `embedding_dim` shrink the network for tests only.
 """
 
 from __future__ import annotations

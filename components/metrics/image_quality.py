@@ -5,20 +5,15 @@ function returns a 1-D float32 tensor of N values, one per image, so the evaluat
 average, compare per sample, or take a median. Metrics are computed on RGB, not on the Y
 channel some super-resolution papers report.
 
-- PSNR = 10 log10(data_range^2 / MSE), MSE over every pixel and channel of one image.
-  kornia.metrics.psnr pools one MSE over the whole batch (the PSNR of the pooled MSE, not
-  the mean of per-image PSNRs), so the per-image MSE is computed here. Identical images
-  would score +inf; MSE is floored at 1e-10 * data_range^2, so they score 100 dB and a
-  test-set mean stays finite.
-- SSIM (Wang, Bovik, Sheikh, Simoncelli 2004): Gaussian window of 11 taps, sigma 1.5,
-  K1 = 0.01, K2 = 0.03, the paper's settings, via kornia.metrics.ssim, whose per-pixel map is
-  averaged per image over channels and pixels. Reflect padding keeps the full image (kornia's
-  'same'); kornia's denominator eps is set to 0, matching the paper and scikit-image.
+- PSNR = 10 log10(data_range^2 / MSE) per image; MSE is floored at 1e-10 * data_range^2, so
+  identical images score 100 dB and a test-set mean stays finite.
+- SSIM (Wang et al. 2004) with the paper's window and constants, via kornia.metrics.ssim.
 - L1 = mean absolute error per image.
 
 `mask` (N, 1, H, W), 1 = pixel to score, restricts PSNR and L1 to the masked pixels (the
 holes of inpainting). An image whose mask is empty has nothing to score and gives NaN;
-average such results with torch.nanmean.
+average such results with torch.nanmean. The settings, and where they differ from kornia's
+own reductions: docs/methods.md, section "metrics/image_quality.py".
 """
 
 from __future__ import annotations

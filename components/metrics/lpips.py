@@ -1,38 +1,14 @@
 """LPIPS, the learned perceptual image patch similarity, VGG16 variant: (N,3,H,W) x2 -> (N,).
 
-Zhang, Isola, Efros, Shechtman, Wang 2018, "The Unreasonable Effectiveness of Deep Features as
-a Perceptual Metric" (CVPR), version 0.1 of the official code (richzhang/PerceptualSimilarity,
-lpips/lpips.py and lpips/pretrained_networks.py). This is the `net='vgg'` variant, the one
-image restoration papers and BasicSR report (the authors' own default is AlexNet).
+Zhang et al. 2018 (CVPR), version 0.1 of richzhang/PerceptualSimilarity, `net='vgg'` (what
+restoration papers and BasicSR report). The four steps with their constants, the two weights
+files' key layouts and the departures: docs/methods.md, section "metrics/lpips.py".
 
-For images x0, x1 in [0, 1] (float NCHW RGB, the convention of image_quality.py):
-1. map to [-1, 1] (2x - 1), the range the official code takes, then its ScalingLayer:
-   (x - shift) / scale with shift = (-0.030, -0.088, -0.188), scale = (0.458, 0.448, 0.450)
-   (lpips.py, ScalingLayer; ImageNet statistics expressed in [-1, 1]);
-2. VGG16 activations at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (64, 128, 256, 512, 512
-   channels; pretrained_networks.py, class vgg16: torchvision `vgg16().features` cut after
-   indices 3, 8, 15, 22, 29);
-3. each activation divided by its L2 norm over channels at every pixel, + 1e-10
-   (lpips `normalize_tensor`);
-4. squared difference of the unit features, weighted per channel by a learned 1x1 conv with
-   one output, no bias and non-negative weights (NetLinLayer; the training code clamps the
-   weights at 0), averaged over space (spatial=False), summed over the five layers.
-LPIPS(x, x) = 0 and LPIPS is symmetric. Inputs of any size the VGG's four pools accept.
-
-Weights: two files, both a user's download.
-- backbone: torchvision's ImageNet VGG16 state dict (`vgg16-397923af.pth`, keys
-  `features.<i>.weight|bias`; classifier keys ignored), or bare `<i>.` keys, or an LPIPS
-  training checkpoint's `net.slice<k>.<i>.` keys; this project does not depend on torchvision,
-  the layout is rebuilt here.
-- heads: the official `weights/v0.1/vgg.pth`, keys `lin<k>.model.1.weight` of shape
-  (1, C_k, 1, 1) (index 1 because a Dropout precedes the conv in the training layout;
-  `lin<k>.model.0.weight`, the layout without dropout, is read too).
-`.pth` files are read with `torch.load(weights_only=True)`; `.safetensors` files with the same
-keys work as well. Without either file `LPIPS.from_files` raises MetricUnavailable.
-
-Departures: none in the maths. The network runs in float32 with autocast off (the unit
-normalisation and small squared differences lose too much in bf16), and the heads' dropout,
-inactive at evaluation, is left out.
+In: x0, x1 float NCHW RGB in [0, 1], of any size the VGG's four pools accept. Out: (N,)
+distances; LPIPS(x, x) = 0 and LPIPS is symmetric. Weights: torchvision's ImageNet VGG16
+(`vgg16-397923af.pth`) and the official `weights/v0.1/vgg.pth` heads, both a user's download;
+`.pth` read with `torch.load(weights_only=True)`, `.safetensors` with the same keys too.
+Without either file `LPIPS.from_files` raises MetricUnavailable.
 """
 
 from __future__ import annotations

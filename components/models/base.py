@@ -10,21 +10,11 @@ The training loop may replace entries of the dict `networks()` returns by their 
 through `self.nets[name]` at call time and never keeps a module reference of its own;
 `unwrapped(name)` gives the bare module for export and inference.
 
-What a method reads, by its `task` (the evaluate stage and `restore` on user photos rely on it):
-- "restoration" (blind restoration, the baseline): `lq` (+ `mask`, `degradation` as declared) in,
-  the restored image out; trained against `hq`.
-- "inpainting": trained on the clean `hq` with the holes of `mask` (the papers' setting: the
-  holes are the only damage). `restore` reads the photo to fill from `lq` and the holes from
-  `mask`, and returns its known pixels exactly (`inputs.paste_known`): only the holes come from
-  the network. The evaluate stage feeds it `lq = hq` so the scores measure inpainting alone.
-- "super_resolution": `lr` in, an image `sr_factor` times larger out; trained against `hq`.
-- "edges": `restore` returns an edge map (N, 1, H, W) in [0, 1], not an image (the edge GAN).
-- "representation" / "prior": an upstream model for another method (the DRE, the StyleGAN2
-  prior); `restore` may raise, the evaluate stage does not score it as an image restorer.
-Every tensor is float32 NCHW in [0, 1]; `mask` is (N, 1, H, W) with 1 = missing pixel.
-
-Optimiser defaults: Adam with lr 2e-4 and betas (0.9, 0.99), BasicSR's defaults for its
-restoration networks (ESRGAN, EDVR and GFPGAN option files).
+Every tensor is float32 NCHW in [0, 1]; `mask` is (N, 1, H, W) with 1 = missing pixel. `task`
+("restoration", "inpainting", "super_resolution", "edges", "representation", "prior") says
+what a method reads and returns: docs/methods.md, section "What a method reads, by task". The
+interface as the rest of the project uses it: docs/architecture.md, section "The Method
+interface". The optimiser defaults' source: docs/methods.md, section "Method reference".
 """
 
 from __future__ import annotations
@@ -66,7 +56,7 @@ class MethodConfig(BaseModel):
 
 @runtime_checkable
 class Method(Protocol):
-    """What the training loop, the evaluate stage and inference code against (ARCHITECTURE.md, Contracts)."""
+    """What the training loop, the evaluate stage and inference code against (docs/architecture.md, Method interface)."""
 
     name: ClassVar[str]  # registry key in components.models.METHODS
     task: ClassVar[str]  # "restoration", "inpainting", "super_resolution", "edges", "representation", "prior"

@@ -1,35 +1,17 @@
 """The learned baseline every later method is compared against: a plain residual U-Net.
 
-Architecture: U-Net (Ronneberger, Fischer, Brox 2015, "U-Net: Convolutional Networks for
-Biomedical Image Segmentation"): an encoder that halves the resolution and doubles the width
-at each level, a decoder that upsamples back, and skip connections concatenating encoder
-features into the decoder at each resolution. Departures from the paper, all common in
-image restoration:
-- 3x3 convs with padding, so the output has the input's size (the paper used unpadded convs
-  and cropped the skips);
-- stride-2 convs instead of max pooling, bilinear upsampling + 3x3 conv instead of
-  transposed convs (the latter leave checkerboard artefacts: Odena et al. 2016);
-- no normalisation layers, as in EDSR (Lim et al. 2017): they discard the range information
-  restoration needs, and per-image statistics shift with the size of the holes;
-- LeakyReLU(0.2), the activation of BasicSR's restoration networks;
-- residual output: the network predicts a correction added to its RGB input, and the
-  output conv starts at zero, so the untrained network returns the hole-filled input exactly
-  and training only ever has to learn what is missing (the zero-initialised last layer of a
-  residual branch, as in Goyal et al. 2017 and Fixup, Zhang et al. 2019). On the demo data
-  this gains about 1.3 dB test PSNR after 300 steps over PyTorch's default init.
+A U-Net (Ronneberger et al. 2015) with the usual restoration departures: padded 3x3 convs,
+stride-2 convs and bilinear upsampling, no normalisation, LeakyReLU(0.2), and a residual
+output whose last conv starts at zero. Sources, reasons and widths: docs/methods.md, section
+"baseline".
 
-Task: generic restoration. In: the degraded image `lq` with holes where `mask` is 1. Out:
-the restored image. The network sees `model_input(batch)`: the hole-filled RGB image and the
-mask, (N, 4, H, W); it returns (N, 3, H, W). H and W must be divisible by 2**depth.
-Trained with L1 to `hq` (L1 trains restoration networks better than L2: Zhao et al. 2017,
-"Loss Functions for Image Restoration with Neural Networks"). `restore` returns the network
-output clamped to [0, 1] and does not paste known pixels back: for blind restoration every
-pixel of `lq` is degraded, so none can be kept as is.
+Task "restoration". In: the degraded image `lq` with holes where `mask` is 1. The network sees
+`model_input(batch)`: the hole-filled RGB image and the mask, (N, 4, H, W); it returns
+(N, 3, H, W). H and W must be divisible by 2**depth. Trained with L1 to `hq`. `restore`
+returns the network output clamped to [0, 1] and does not paste known pixels back: for blind
+restoration every pixel of `lq` is degraded, so none can be kept as is.
 
-Widths: base `width` 32 doubling per level over `depth` 3 levels (32, 64, 128, 256), half of
-Ronneberger's base 64 and one level fewer than his four: about 2 M parameters, enough to beat
-the untouched input and small enough to train in minutes on CPU at the demo's 64-128 px.
-Doubling the width as the resolution halves keeps each level's compute roughly equal.
+Network "g": base `width` 32 doubling per level over `depth` 3 levels, about 2 M parameters.
 """
 
 from __future__ import annotations

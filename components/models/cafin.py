@@ -1,86 +1,20 @@
 """CAFIN: a two-stage face inpainting network with cross-attention and an HSV colour loss.
 
-Paper: Li et al. 2024, "CAFIN" (cross-attention face image inpainting network). Task:
-inpainting. Stage 1 is a U-Net whose decoder upsamples with sub-pixel convolution
-(PixelShuffle) and interpolation side by side; stage 2 refines the stage-1 result with spatial
-and channel cross-attention between it and the un-restored (masked) input; training adds an
-HSV-space colour loss with per-channel weights to the L1 reconstruction and adversarial losses.
+Li et al. 2024. No official code is public: every number the paper's text does not fix comes
+from the nearest public code (U-Net / pix2pix, ESPCN, EdgeConnect, SAGAN, Restormer, DeepFill),
+cited item by item with the departures in docs/methods.md, section "cafin".
 
-Sources. No official code of the paper is public (searched GitHub, code and paper indexes), so
-its structure follows the description above and every number the paper's text does not fix is
-taken from the nearest public code, named at each item. Where that code and its paper disagree,
-the paper wins and the difference is noted.
-
-Shapes. The generator sees `model_input`: the image with its holes filled by the mean colour of
-its known pixels, plus the mask, (N, 4, H, W) -> (coarse, refined), each (N, 3, H, W); H and W
-must be divisible by max(2**depth, 4). Training reads `hq` and `mask` (the holes are the only
-damage, the papers' setting); `restore` reads `lq` and `mask` and returns
+Task "inpainting". The generator sees `model_input`: the image with its holes filled by the
+mean colour of its known pixels, plus the mask, (N, 4, H, W) -> (coarse, refined), each
+(N, 3, H, W); H and W must be divisible by max(2**depth, 4). Training reads `hq` and `mask`
+(the holes are the only damage); `restore` reads `lq` and `mask` and returns
 `paste_known(refined, lq, mask)`: the photo's known pixels exactly, the network only in the holes.
 
-Stage 1, `CoarseUNet` (widths: base `width` = 64 doubling per level, capped at 8x = 512, over
-`depth` = 4 stride-2 levels: the U-Net of Ronneberger et al. 2015, base 64 and four levels, with
-pix2pix's cap at 8 x ngf, junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py
-`UnetGenerator`, so the bottleneck stays at 512 channels rather than 1024):
-- encoder: conv3x3 pairs and stride-2 conv3x3 downsampling, LeakyReLU(0.2), no normalisation
-  (the project baseline's choices: see components/models/baseline.py);
-- decoder block `DualUpsample`: a sub-pixel branch (conv3x3 to 4 x c_out/2 channels,
-  PixelShuffle(2); Shi et al. 2016, ESPCN) and an interpolation branch (bilinear x2, conv3x3 to
-  c_out/2), whose outputs together take the place of a plain U-Net's upsampler: concatenated with
-  the encoder skip and merged by a conv pair (so `width` must be even). The sub-pixel conv starts as nearest-neighbour
-  upsampling (ICNR init, Aitken et al. 2017), free of checkerboard artefacts at step 0; the
-  interpolation branch keeps the upsampling smooth where the sub-pixel branch would leave a grid.
-- residual output: `x[:, :3]` + a zero-initialised 1x1 conv, so the untrained network returns the
-  hole-filled input (as the baseline; the paper states no output activation).
-
-Stage 2, `CrossAttentionRefiner` (at 1/4 resolution, `refine_width` = 64 -> 128 -> 256 channels,
-`residual_blocks` = 8 dilated (2) residual blocks: EdgeConnect's InpaintGenerator,
-knazeri/edge-connect src/networks.py, the generator the project's other inpainting methods
-follow):
-- two encoders of the same layout (conv7x7, two stride-2 4x4 convs): one reads the stage-1
-  result composited into the known pixels, + mask; the other the un-restored input, + mask;
-- `SpatialCrossAttention`: every position of the stage-1 features queries the input's features
-  at every position (1x1 projections, query/key width C/8 as in SAGAN, Zhang et al. 2019);
-  keys in cells more than half hole are excluded, so the holes borrow only real context.
-  Contextual attention (Yu et al. 2018, DeepFill v1) keeps only patches with no hole pixel at
-  all; at 1/4 resolution a cell with a few hole pixels still carries mostly real content;
-- `ChannelCrossAttention`: transposed (C x C) attention as Restormer's MDTA (Zamir et al. 2022):
-  per head, L2-normalised stage-1 channels (queries) against the input's channels (keys), both
-  measured over the known pixels only, learnable temperature; the softmaxed affinities re-mix
-  the stage-1 features' channels (values), so every pixel, holes included, gets an output.
-  `attention_heads` = 4, Restormer's heads at the 1/4-resolution level.
-- the stage-1 features and both attention outputs are concatenated, fused by a 1x1 conv, passed
-  through the residual blocks and decoded back (bilinear x2 + conv3x3, twice) to a zero-initialised
-  3-channel head added to the composited stage-1 result.
-No normalisation layers anywhere (EdgeConnect uses instance norm; the baseline's reasons apply).
-
-Discriminator: EdgeConnect's spectral-norm 70x70 PatchGAN (components/models/patchgan.py,
-`d_width` 64), shown the refined result composited into the known pixels (DeepFill's practice:
-the known pixels are real, so only the holes can give a fake away).
-
-Losses (generator): `l1_weight` x L1(refined) + `coarse_l1_weight` x L1(coarse) +
-`hsv_weight` x HSV colour loss(refined, over the hole pixels) + `adversarial_weight` x GAN loss(D
-on the composite).
-- L1 over the hole pixels only, divided by their number, `l1_weight` 1 (EdgeConnect paper,
-  section 3.2: lambda_l1 = 1). EdgeConnect (src/models.py `InpaintingModel.process`) divides the
-  whole image's mean L1 by mean(mask): the same normaliser, but its sum also counts the known
-  pixels. Departure: those pixels of the output are never used (stage 2 and `restore` put the
-  known pixels back), and with the zero-initialised residual heads the L1 kink at their zero error
-  pins the whole output: on procedural faces the hole L1 did not move in 60 steps that way.
-- L1 on the stage-1 output too, at the same weight: DeepFill v1's coarse-to-fine training
-  (Yu et al. 2018), which supervises both stages. Both stages train jointly, end to end, in every
-  step: the paper's schedule is not public, and joint training is DeepFill's.
-- adversarial: `gan_loss` "nsgan" (EdgeConnect config.yml.example GAN_LOSS), `adversarial_weight`
-  0.1 (EdgeConnect paper, section 3.2, lambda_adv = 0.1; its example config has 0.01).
-- HSV colour loss (components/losses/hsv_colour.py): `hsv_weight` 1 and channel weights
-  (1, 1, 1): the paper's values are not public, so the term weighs like L1 and the channels alike.
-- no perceptual or style term: the CAFIN description names L1, adversarial and HSV only.
-Discriminator: (real + fake) / 2 of the GAN loss, as EdgeConnect.
-
-Optimisers: Adam, lr 1e-4, betas (0, 0.9), discriminator lr x `d_lr_ratio` 0.1 (EdgeConnect
-config.yml.example: LR, BETA1, BETA2, D2G_LR), replacing the project's BasicSR defaults.
-
-Parameters at the defaults: generator 45,727,466 (stage 1 34,036,643, about Ronneberger's 31 M;
-stage 2 11,690,823), discriminator 2,763,776; the paper's count is not public.
+Networks: "g" (`CAFINGenerator`: stage 1 `CoarseUNet`, a U-Net upsampling by PixelShuffle and
+interpolation side by side; stage 2 `CrossAttentionRefiner`, spatial and channel
+cross-attention between the stage-1 result and the masked input) and "d" (the spectral-norm
+PatchGAN, components/models/patchgan.py). Losses: L1 on both stages, the HSV colour loss
+(components/losses/hsv_colour.py) and the adversarial loss.
 """
 
 from __future__ import annotations

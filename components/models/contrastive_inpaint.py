@@ -1,92 +1,20 @@
 """Unpaired masked-face inpainting with patch-wise contrastive learning and feature attention.
 
-Paper: Wan, Chen, Yao, Zhang 2024, "Unsupervised masked face inpainting based on contrastive
-learning and attention mechanism", Multimedia Systems (doi 10.1007/s00530-024-01411-y). Its
-abstract names the three parts built here: (1) a contrastive framework that compares patches
-of the inpainted face with patches of the masked input face, so no paired ground truth is
-needed; (2) a feature attention module that focuses on significant features and models
-long-range dependencies; (3) a PatchGAN discriminator with spectral normalisation judging
-realism against unpaired real faces. The full text is behind a paywall and no official code
-is public, so every layer size and loss weight below is that of the framework the paper
-builds on, CUT (Park, Efros, Zhang, Zhu 2020, "Contrastive Learning for Unpaired
-Image-to-Image Translation"; taesungp/contrastive-unpaired-translation), cited file by file.
+Wan, Chen, Yao, Zhang 2024 (Multimedia Systems). Its full text and code are not public, so
+every layer size and loss weight is that of CUT (Park et al. 2020), which it builds on. The
+sources, the feature attention module (ours), the departures and the known-pixel
+self-supervision with its measurements: docs/methods.md, section "contrastive_inpaint".
 
-Task: inpainting, trained unpaired. The generator sees the masked face only:
-`model_input` of hq * (1 - mask), i.e. the known pixels with each hole filled by the mean
-colour of the image's known pixels, plus the mask: (N, 4, H, W) -> (N, 3, H, W), H and W
-divisible by 4. The clean `hq` builds that masked input and nothing else: no loss reads it
-(a test replaces hq inside the holes by noise and sees identical losses and gradients). The
-discriminator's real faces are `unpaired_hq`, a second, independently shuffled stream of the
-dataset (`unpaired = ("hq",)`; the training loop adds the column). `restore` reads `lq` and
-`mask` and returns `paste_known(output, lq, mask)`: known pixels exact, holes from the network.
+Task "inpainting", trained unpaired. The generator sees the masked face only: `model_input`
+of hq * (1 - mask) (holes mean-filled) plus the mask, (N, 4, H, W) -> (N, 3, H, W), H and W
+divisible by 4; no loss reads `hq` beyond building that input. The discriminator's real faces
+are `unpaired_hq`, a second, independently shuffled stream (`unpaired = ("hq",)`). `restore`
+reads `lq` and `mask` and returns `paste_known(output, lq, mask)`: known pixels exact, holes
+from the network.
 
-Losses, per step (CUT models/cut_model.py, CUT mode; defaults here = its option defaults):
-- D: least-squares GAN (`--gan_mode lsgan`, train_options.py), (real + fake) / 2, real =
-  `unpaired_hq`, fake = the completed image (network output inside the holes, known pixels
-  outside; the usual inpainting choice, so the discriminator judges the fill).
-- G: lambda_GAN (1) x LSGAN on the completed image + lambda_NCE (1) x PatchNCE between the
-  raw output and the masked input, encoded by the generator's own encoder at `nce_layers`
-  (0, 4, 8, 12, 16), 256 patches per layer, temperature 0.07, 2-layer 256-unit MLP heads
-  (components/losses/patchnce.py gives the file-level sources). With `nce_idt` (on in CUT
-  mode) the PatchNCE is also applied to G(real face, empty mask) against that face and the two
-  NCE terms are averaged, CUT's identity regulariser on the target domain: it uses only the
-  unpaired real faces. Because the raw output's known region is contrasted with the input's,
-  PatchNCE is also the (unpaired) reconstruction of the known pixels; plus the known-pixel
-  self-supervision below (ours).
-- Optimisers: Adam, lr 2e-4, betas (0.5, 0.999) for G, D and the projection head F
-  (train_options.py `--lr`, `--beta1`, `--beta2`). CUT's linear decay over the last 200
-  epochs is a schedule, left to the training loop.
-
-Generator (CUT models/networks.py `ResnetGenerator`, `--netG resnet_9blocks`, `--ngf 64`,
-`--normG instance`, no dropout, anti-aliased resampling): reflection-pad 3, 7x7 conv to
-`width`, two downsampling steps (3x3 conv doubling the width, then a [1, 2, 1] blur-pool with
-stride 2, Zhang 2019), `n_blocks` = 9 residual blocks at 4 x `width` (reflection pad, 3x3 conv,
-instance norm, ReLU, twice), two upsampling steps (x2 upsampling, 3x3 conv halving the width),
-reflection-pad 3, 7x7 conv to RGB. Layer indices match CUT's Sequential, so `nce_layers` means
-what CUT's `--nce_layers` means: 0 = the padded input, 4 and 8 = the two downsampling convs, 12
-and 16 = the outputs of residual blocks 1 and 5. Instance norm everywhere but the last conv,
-ReLU activations; weights Xavier-normal with gain 0.02, biases zero (`--init_type xavier`,
-`--init_gain 0.02`). The feature attention module sits after the residual blocks, at 1/4
-resolution (the paper's Fig. 2 is not public; after the bottleneck, before decoding, is where
-self-attention modules usually go in inpainting generators).
-
-Feature attention (ours: the paper's module is described only in its abstract): channel
-attention, squeeze-and-excitation with reduction 16 (Hu et al. 2018, "Squeeze-and-Excitation
-Networks"), for "focus on significant features", then non-local self-attention over all
-positions (Zhang, Goodfellow, Metaxas, Odena 2019, "Self-Attention GANs": 1x1 query/key convs
-to C/8, value to C, softmax over positions, residual scale gamma initialised at 0), for the
-long-range dependencies.
-
-Discriminator: components/models/patchgan.py, EdgeConnect's 70x70 spectral-norm PatchGAN,
-width 64 (CUT `--ndf 64`; its `--netD basic` is the same 70x70 receptive field, with instance
-norm where the paper puts spectral norm).
-
-Departures:
-- The mask is a fourth input channel and the holes are mean-filled (`inputs.model_input`,
-  shared by every method of this project); the paper feeds the masked photo alone.
-- Residual output: the last 7x7 conv predicts a correction to the hole-filled RGB input and
-  starts at zero (as in components/models/baseline.py), instead of CUT's tanh image in [-1, 1].
-  The untrained generator then returns the masked input exactly, so the contrastive positives
-  agree from the first step and only the holes have to be learned; images stay in [0, 1].
-- CUT's anti-aliased upsampling (a fixed [1, 3, 3, 1] transposed filter on a replicate-padded
-  map) is written as bilinear x2 upsampling, which it equals exactly.
-- CUT trains at batch size 1; the batch size is the training loop's. Patch locations are
-  shared by the images of a batch, as in CUT.
-
-Known-pixel self-supervision (ours, `lambda_known`, default 100): each step the generator
-also gets the masked face with MORE of it hidden - another image's holes, flipped upside down,
-drawn over known pixels (`known_pixels_to_hide`) - and is scored by L1 on exactly those hidden
-pixels, whose values the masked input holds. It is the masked-prediction idea of Noise2Self
-(Batson, Royer 2019) and MAE (He et al. 2022): hide part of what you know and learn to predict
-it, so it needs no ground truth behind the real holes and keeps the method unpaired. Its weight
-is pix2pix's L1 weight against a GAN weight of 1 (Isola et al. 2017, lambda = 100).
-Why it is here: the paper's full text is not public and its abstract names no pixel loss.
-Measured (tests/unit/test_models_contrastive_inpaint.py setting: 32 px procedural faces,
-width 8, 2 blocks, batch 4, 16 training faces, 8 held-out faces, ~39% of pixels missing; PSNR
-inside the holes, mean fill 17.4 dB): with the paper's losses alone (lambda_known = 0) the
-fill is 13.2 / 15.9 / 13.7 dB after 100 / 200 / 300 steps (the GAN paints blotches; PatchNCE
-alone stays at 17.3 dB); with lambda_known 10, 17.3-17.8 dB; with 100, 18.4-18.7 dB from step
-50 to 200. `lambda_known: 0` gives the paper's objective as far as it is known.
+Networks: "g" (CUT's ResNet generator with the feature attention after its residual blocks),
+"f" (the PatchNCE projection heads, components/losses/patchnce.py) and "d" (the spectral-norm
+PatchGAN, components/models/patchgan.py).
 """
 
 from __future__ import annotations

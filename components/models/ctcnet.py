@@ -1,99 +1,19 @@
 """CTCNet: a CNN-Transformer cooperation network for face super-resolution.
 
-Paper: Guangwei Gao, Zixiang Xu, Juncheng Li, Jian Yang, Tieyong Zeng, Guo-Jun Qi 2023,
-"CTCNet: A CNN-Transformer Cooperation Network for Face Image Super-Resolution", IEEE TIP
-(arXiv 2204.08696). Official code: IVIPLab/CTCNet; every number below comes from its
-`models/ctcnet.py` (the network), `models/ctcnet_model.py` (the loss and optimiser),
-`data/celeba_dataset.py` (the input) and `train.sh` (the recipe) unless said otherwise.
+Gao, Xu, Li, Yang, Zeng, Qi 2023 (IEEE TIP); official code IVIPLab/CTCNet. Where every width,
+count and loss weight comes from, the parameter count and the departures: docs/methods.md,
+section "ctcnet".
 
-Task: face super-resolution ("super_resolution"). In: `lr` (N, 3, h, w) in [0, 1]. Out:
-(N, 3, h * scale, w * scale); `restore` clamps it to [0, 1]. Trained against `hq`. The
-paper's setting is x8, 16 -> 128 px (CelebA); `scale` may be 4, 8 or 16. h * scale and
-w * scale must be multiples of 8 (three stride-2 levels) and at least 16.
+Task "super_resolution". In: `lr` (N, 3, h, w) in [0, 1]. Out: (N, 3, h * scale, w * scale);
+`restore` clamps it to [0, 1]. Trained against `hq` with L1. `scale` may be 4, 8 or 16 (the
+paper's setting is x8, 16 -> 128 px); h * scale and w * scale must be multiples of 8 and at
+least 16. The generator upsamples `lr` with bicubic itself (`classical.bicubic`), maps it to
+[-1, 1] and predicts the correction to it (a global residual), as the official network does
+on the bicubic-enlarged input its data loader makes.
 
-How the LR face enters: like the official code, the network never sees the LR grid. The
-data loader of the official code shrinks the HR face with bicubic and enlarges it back
-to the HR size with bicubic before the network (`celeba_dataset.py`: `lr_img.resize(
-(hr_size, hr_size), BICUBIC)`), and the network ends with a global residual to that input
-(`out = out + input`): it predicts the correction to the bicubic upsampling. Here the
-generator does the upsampling itself (torch bicubic, clamped to [0, 1] as PIL's 8-bit
-output is; `components.models.classical.bicubic`, the evaluate stage's baseline), so
-`restore` takes the LR image as the shards store it. The official code feeds the network
-images normalised to [-1, 1] (`Normalize((0.5,)*3, (0.5,)*3)`); the generator does the same
-inside, so the residual is predicted on that scale.
-
-Architecture (the paper's method section names the modules; widths and counts from `models/ctcnet.py`), with
-`width` = 32 and the level widths (32, 64, 128):
-- head: 3x3 conv 3 -> 32 at the HR size.
-- encoder: three levels at H, H/2, H/4; each runs one LGCM, then a downsampling
-  (3x3 stride-2 conv + LeakyReLU(0.2) + 3x3 conv + LeakyReLU, no bias) to the next level;
-  the third downsampling keeps 128 channels, so the bottleneck is 128 wide at H/8.
-- LGCM, Local-Global Feature Cooperation Module = FSAU + Transformer blocks, with a residual
-  around both. Transformer blocks per encoder level (4, 6, 6), heads (1, 2, 4); the
-  decoder mirrors them, (6, 6, 4) from H/4 back to H (`ResidualBlock*_en/_de`,
-  `res_layers_back`).
-- FSAU, Facial Structure Attention Unit: a local feature block, an hourglass that predicts
-  a one-channel spatial attention map (sigmoid) which multiplies the features, and a second
-  local feature block. The hourglass (from SPARNet, Chen et al. 2020, whose code CTCNet builds
-  on) has depth 4 in the LGCMs and 2 in the FRMs and runs at 64 (= 2 x `width`) channels;
-  its 3x3 convs carry BatchNorm + PReLU; channel attention (squeeze-excitation, reduction
-  16) acts on its output before the sigmoid head, with a 1x1 conv skip where the input
-  width differs from 64 (`HourGlassBlock`, `HourGlassBlock2`, `HourGlassBlock32`).
-- local feature block (`one_module`): two scaled residual convs (c -> c/2 -> c, PReLU),
-  their outputs concatenated and merged by a 1x1 conv, channel attention, a 3x3 conv, all
-  added to the input with learned scalar weights (init 1).
-- Transformer block: Restormer's (Zamir et al. 2022): channel LayerNorm, multi-Dconv head
-  transposed attention (attention across channels, so linear in the pixel count), gated
-  depthwise-conv feed-forward with expansion 2.66, no biases (`TransformerBlock`).
-- FRM, Feature Refinement Module, four at the bottleneck (`ResidualBlock_res`, `range(4)`):
-  an FSAU, then a split into a low-frequency branch (2x2 average pool) and a high-frequency
-  branch (the features minus the re-enlarged pool), each a local feature block; the branches
-  are crossed (1x1 conv of both), passed through their blocks again (the official code
-  reuses the same two blocks), merged by a 1x1 conv and added to the features gated by a
-  1x1 conv of themselves; the FSAU's second block runs once more, plus a residual.
-- decoder: at each level a 6x6 stride-2 transposed conv + LeakyReLU + 3x3 conv + LeakyReLU
-  (no bias) upsamples, then the MFFU, then an LGCM.
-- MFFU, Multi-scale Feature Fusion Unit: the upsampled decoder features are concatenated
-  with the three encoder levels' outputs resized to this level (stride-2 3x3 convs to
-  shrink, one shared conv per source level applied once per halving; transposed convs to
-  enlarge, 8x8 kernels for one doubling and one shared 6x6 kernel applied twice for two),
-  fused by a 3x3 conv to the level width and reweighted by channel attention: 352, 288
-  and 256 channels in at H/4, H/2 and H.
-- tail: 3x3 conv 32 -> 3, plus the bicubic input (global residual).
-
-Loss: L1 between the output and `hq`, weight 1 (`ctcnet_model.py`: `lambda_pix` 1.0). The
-paper's GAN variant (CTCGAN in the official README) adds perceptual and adversarial losses
-to that; it is not implemented here. The official L1 is on [-1, 1] images, twice this one
-on [0, 1]; Adam's steps do not depend on that factor. Optimiser: Adam, lr 2e-4, betas (0.9, 0.99) (`train.sh --lr 0.0002
---beta1 0.9`, beta2 in `ctcnet_model.py`): MethodConfig's defaults. Batch 10 and 100 epochs
-with linear decay in the official recipe belong to the training stage, not here.
-Initialisation: every conv weight from N(0, 0.02), biases zero, BatchNorm weights from
-N(1, 0.02) (`networks.define_network` -> `init_weights('normal', 0.02)`).
-
-Parameters: 22,407,699 at the defaults, exactly what the official `CTCNet()` reaches in its
-forward pass (measured by running it at 128 px and counting the parameters that receive a
-gradient). The official module constructs 24,404,917: it also builds layers its forward
-never calls (a Swin block pair, two convs and a channel attention in each FRM, twelve
-scale factors, two input stems), which are left out here. Checked once against the
-official code (not vendored, so not a test): with its weights copied in, reflection
-padding and float64, this generator's output matched the official network's to 3e-11
-relative at 16 -> 128 px.
-
-Departures from the official code, and why:
-- replicate padding instead of reflection padding in the hourglass: reflection needs a map
-  larger than the padding, and at the tests' 32-64 px the hourglass's innermost maps are
-  1 px; the two differ only in the border values they pad with.
-- the hourglass upsamples with nearest-neighbour straight to the matching skip's size
-  (the official doubles, then resizes on a mismatch): the same at even sizes.
-- the tail conv starts at zero (the rest as above), so the untrained network returns the
-  bicubic upsampling exactly and training only learns the correction; the same choice as
-  the project's baseline (components/models/baseline.py).
-- the scalar weights of the unused first residual of each local feature block are left out.
-- `width` scales every width (level widths width x (1, 2, 4), hourglass 2 x width) so the
-  tests can run narrow copies; the official widths are fixed.
-- module names, and the channel order of each MFFU's concatenation (decoder features, then
-  levels H, H/2, H/4), are this file's own: the official checkpoints need a key and channel
-  mapping to load.
+Network "g": a head conv, a three-level encoder of LGCMs (FSAU + Restormer Transformer
+blocks), four FRMs at the H/8 bottleneck, a decoder of transposed convs, MFFUs and LGCMs, and
+a tail conv plus the bicubic input. `width` scales every width, so tests run narrow copies.
 """
 
 from __future__ import annotations

@@ -1,80 +1,20 @@
 """Panini-Net's degradation representation encoder (DRE), pretrained with MoCo and InfoNCE.
 
-Paper: Wang, Hu, Zhang 2022 (AAAI), "Panini-Net: GAN Prior Based Degradation-Aware Feature
-Interpolation for Face Restoration", section "Unsupervised Degradation Representation
-Learning" (UDRL). Official code: jianzhangcs/panini, `moco/deg_encoder.py` (the encoder),
-`moco/moco/builder.py` (MoCo), `moco/main_moco.py` + `moco/train.sh` + README "Train Moco"
-(the recipe), `mmedit/models/backbones/panini.py` (how Panini-Net consumes it). MoCo: He et
-al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning"
-(facebookresearch/moco, whose builder the Panini code copies). The encoder itself is the one of
-DASR (Wang et al. 2021, "Unsupervised Degradation Representation Learning for Blind
-Super-Resolution"), which Panini reuses.
+Wang, Hu, Zhang 2022 (AAAI), section "Unsupervised Degradation Representation Learning";
+official code jianzhangcs/panini `moco/`; MoCo (He et al. 2020); the encoder is DASR's. The
+source of every layer, MoCo setting and recipe number, the distributed details and the
+parameter count: docs/methods.md, section "dre".
 
-Task: "representation", an upstream model for Panini-Net, not an image restorer (`restore`
-raises). Pretraining learns the degradation, not the content: every step draws one fresh set
-of degradation parameters per pair (`components.data.degrade.sample_degradation`, the GFPGAN
-model blur -> downsample -> noise -> JPEG -> resize back) and applies it, with
-`components.data.degrade_gpu.degrade_batch`, to two DIFFERENT faces of the batch (a random
-derangement pairs them; a face is never its own partner). The query encoder sees one, the
-momentum key encoder the other: that is the positive pair; the queue of earlier keys are the
-negatives; the loss is InfoNCE (`components.losses.infonce`). Reads only `hq`
-(N, 3, H, W) in [0, 1]; the degradation is made inside `training_step`, from a numpy generator
-seeded by (config seed, step, rank), so a resumed run draws what the first run drew.
+Task "representation", an upstream model for Panini-Net (`restore` raises). Reads only `hq`
+(N, 3, H, W) in [0, 1]. Each step draws one set of degradation parameters per pair and applies
+it to two DIFFERENT faces (query and key: the positive pair); the queue of earlier keys are the
+negatives; the loss is InfoNCE (`components.losses.infonce`). The draws are seeded by (config
+seed, step, rank), so a resumed run draws what the first run drew.
 
-Network (`DegradationEncoder`, official `moco/deg_encoder.py` `Encoder`, layer names kept so
-its state dict maps onto the official one): six 3x3 convs, each followed by BatchNorm and
-LeakyReLU(0.1), widths 64, 64, 128 (stride 2), 128, 256 (stride 2), 256; global average pooling
-gives the representation (N, 256); an MLP head Linear(256, 256), LeakyReLU(0.1),
-Linear(256, 256) gives the vector MoCo contrasts. Here `width` = 64 is the first conv's width
-(the rest are 1x, 2x, 2x, 4x, 4x it) and `dim` = 256 the head's output, MoCo's feature
-dimension. Input preparation, as the official code does it: the image is resized to
-`input_size` = 256 (main_moco.py `Resize((256, 256))`; panini.py `AdaptiveAvgPool2d((256,
-256))`, which is what is used here, in pretraining and in `represent` alike) and mapped to
-[-1, 1] (main_moco.py `Normalize([0.5] * 3, [0.5] * 3)`). `input_size` None keeps the size.
-
-`represent(lq)` -> (N, 4 * width) = (N, 256): the pooled backbone feature of the query encoder,
-BEFORE the MLP head and NOT normalised, from the network in eval mode (BatchNorm running
-statistics) - what Panini-Net feeds its DAFI blocks (panini.py `Encoder.forward` returns `fea`,
-the head is commented out). Panini-Net fine-tunes the DRE with its generator
-(`deg_encoder.requires_grad_(True)`); `DegradationEncoder.represent` is the same map with
-gradients, for a method that embeds `dre.unwrapped("encoder")`.
-
-MoCo settings (moco/moco/builder.py, `MoCo(Encoder)` is built with its defaults; main_moco.py's
-`--moco-dim/-k/-m/-t` flags are parsed but never passed to it, so train.sh's `--moco-t 0.2` has
-no effect): feature dim 256, queue K = 32 * 256 = 8192 keys, key encoder momentum m = 0.999,
-temperature T = 0.07, queue initialised with random unit vectors. Recipe (README "Train Moco",
-main_moco.py defaults): SGD lr 0.03, momentum 0.9, weight decay 1e-4, batch 32, 200 epochs with
-the lr divided by 10 at epochs 120 and 160. The schedule is left out: the training loop owns
-the steps and has no lr schedule.
-
-Distributed (as MoCo's builder): the keys of all ranks are gathered before they are enqueued,
-so every rank's queue holds the same keys; the key batch is shuffled across ranks for the key
-encoder's BatchNorm ("shuffle BN": the statistics of a query's batch and its positive key's
-batch differ, so BatchNorm cannot leak which keys are the current positives). On one process
-there is nothing to shuffle across; the official code, run on one GPU, did the same. Each
-rank draws its own degradations (the seed includes the rank). The key encoder and the queue
-are broadcast from rank 0 at the first step (each rank built its own random copy; DDP
-broadcasts only the wrapped query encoder). The key encoder's BatchNorm running statistics
-then drift apart per rank, as in MoCo: keys are always computed in training mode, so they are
-never used.
-
-Logged per step: `loss` = `infonce`, and `positive_top1`, the fraction of queries whose positive
-key beats every negative (MoCo's "Acc@1" of the (1 + K)-way task; it rises as the loss falls).
-
-Networks: "encoder" (the query encoder, trained, what the loop may wrap in DDP) and
-"key_encoder" (`MomentumKeyEncoder`: the momentum copy, every parameter requires_grad=False
-from construction so it is never wrapped, plus the queue (K, dim) and its pointer as
-registered buffers, so checkpoints and the export carry them).
-
-Degradation ranges: `degradation` defaults to the project's DegradationConfig (GFPGAN v1's
-ranges). The official pairs were made offline into two folders (main_moco.py `ffhq_deg_q`,
-`ffhq_deg_k`, matched by sorted file name) by a script the repository does not hold, so its
-ranges are not known; a recipe narrows them for small faces.
-
-Parameters at the paper's config: 1,278,784 per encoder (1,147,200 backbone incl. BatchNorm,
-131,584 head); neither the paper nor the repository gives a figure. The export holds both
-encoders and the queue (8192 x 256 floats): about 18 MB in float32, so a pretraining run can be
-resumed from it; Panini-Net needs only the query encoder.
+`represent(lq)` -> (N, 4 * width) = (N, 256): the query encoder's pooled feature before the
+MLP head, not normalised, in eval mode: what Panini-Net's DAFI blocks take. Networks:
+"encoder" (the query encoder, trained) and "key_encoder" (`MomentumKeyEncoder`: the momentum
+copy, never wrapped in DDP, plus the queue (K, dim) and its pointer as buffers).
 """
 
 from __future__ import annotations

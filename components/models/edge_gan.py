@@ -1,14 +1,8 @@
 """Stage 1 of the two-stage face inpainter: an edge GAN that draws the edges missing in the holes.
 
-Paper: Liu, Wei, Deng 2022, face inpainting with texture-structure feature fusion and
-attention, stage 1. Like EdgeConnect (Nazeri, Ng, Joseph, Qureshi, Ebrahimi 2019,
-"EdgeConnect: Generative Image Inpainting with Adversarial Edge Learning"), whose edge model
-that stage follows, an edge generator completes the Canny edge map inside the holes and a
-spectral-norm PatchGAN discriminator judges (grey image, edge map) pairs. Every number below
-comes from the official EdgeConnect code, knazeri/edge-connect: src/networks.py
-(EdgeGenerator, ResnetBlock, Discriminator), src/models.py (EdgeModel) and config.yml.example;
-the Liu et al. text itself was not at hand, so nothing here is taken from it beyond the
-structure the project's ARCHITECTURE.md names.
+Liu, Wei, Deng 2022, stage 1, which follows EdgeConnect's edge model (Nazeri et al. 2019);
+every number comes from the official EdgeConnect code. Sources, departures and the measured
+rim fill: docs/methods.md, section "edge_gan".
 
 Task "edges". Training reads `hq` (N, 3, H, W), `mask` (N, 1, H, W), 1 = missing, and `edge`
 (N, 1, H, W) in {0, 1}, the Canny edges of `hq`. `restore` reads the photo `lq` and `mask` and
@@ -16,63 +10,10 @@ returns an edge map (N, 1, H, W) in [0, 1]: the photo's own Canny edges where it
 generator's prediction in the holes (`predict_edges`). H and W must be divisible by 4 and
 above 4 x dilation; training needs at least 24 (one discriminator patch).
 
-Generator (`EdgeGenerator`; EdgeConnect src/networks.py EdgeGenerator):
-- input (N, 3, H, W): the grey image with the holes set to 1 (white), the edge map with the
-  holes set to 0, and the mask (EdgeModel.forward). Grey is skimage's `rgb2gray` weights,
-  `components.data.edges.GREY_WEIGHTS`, the grey the shards' Canny edges were computed on
-  (EdgeConnect's dataset.py takes both from `rgb2gray` too).
-- encoder: reflection pad 3 + 7x7 conv to `width` 64, then two 4x4 stride-2 convs to 128 and
-  256, each conv followed by InstanceNorm (no affine, no running stats) and ReLU;
-- middle: `residual_blocks` 8 residual blocks at 256 channels, each reflection pad + 3x3 conv
-  with dilation 2, InstanceNorm, ReLU, reflection pad 1 + 3x3 conv, InstanceNorm, added to the
-  input with no ReLU after the sum; convs without bias, since spectral norm is on
-  (ResnetBlock: `bias=not use_spectral_norm`);
-- decoder: two 4x4 stride-2 transposed convs 256 -> 128 -> 64, InstanceNorm + ReLU, then
-  reflection pad 3 + 7x7 conv to 1 channel and a sigmoid;
-- spectral norm (Miyato et al. 2018) on every conv but the last (EdgeModel builds the
-  generator with `use_spectral_norm=True`); weights drawn from N(0, 0.02), biases 0
-  (BaseNetwork.init_weights, init_type "normal", gain 0.02).
-
-Discriminator: `components.models.patchgan.PatchDiscriminator(in_channels=2)`, EdgeConnect's
-70x70 PatchGAN with spectral norm, fed the full grey image and an edge map, in that channel
-order (EdgeModel.process: `torch.cat((images, edges), dim=1)`). EdgeConnect ends it in a
-sigmoid for the nsgan loss; here it returns logits and the loss applies the sigmoid
-(numerically the same, and safe under bf16 autocast).
-
-Losses (EdgeModel.process; config.yml.example):
-- discriminator: mean of the real and fake adversarial terms, GAN_LOSS "nsgan";
-- generator: adversarial term with weight 1 (EdgeModel adds it unweighted:
-  INPAINT_ADV_LOSS_WEIGHT belongs to the inpainting model) plus feature matching with
-  FM_LOSS_WEIGHT 10. EdgeConnect sums the L1 distances of the five discriminator layers'
-  features (the last being the logits), real features detached: `feature_matching_loss`
-  with `reduction="sum"`.
-There is no L1 or BCE term on the edges: as in EdgeConnect, feature matching is the only
-reconstruction-like signal. Each step also logs the precision and recall of the thresholded
-output inside the holes, as EdgeConnect's training loop does (src/edge_connect.py).
-
-Optimisers (config.yml.example): Adam, LR 1e-4, BETA1 0, BETA2 0.9; the discriminator's
-learning rate is D2G_LR 0.1 times the generator's.
-
-Departures, and why:
-- EdgeConnect updates the discriminator, then back-propagates the generator loss it computed
-  with the discriminator's old weights (PyTorch >= 1.5 rejects that as an in-place
-  modification: knazeri/edge-connect issue #124). Here the
-  discriminator steps first and the generator loss is computed with the updated
-  discriminator, the usual alternation; real and fake pairs share one discriminator forward
-  per phase, so DDP sees exactly one forward per backward.
-- At inference with no edge map given, the photo's edges are Canny edges of the photo with
-  its holes filled. A flat fill (the known pixels' mean colour) makes a step at the hole's
-  rim, and Canny finds edges there that the face does not have. EdgeConnect's test-time
-  `canny(..., mask=known)` (skimage) blurs only the known pixels (normalised convolution) and
-  drops a one-pixel rim. The batched Canny here cannot ignore pixels, so the holes are first
-  filled smoothly from their surroundings (`smooth_fill`, a push-pull pyramid: Gortler et al.
-  1996, "The Lumigraph"), then the `FILL_RIM` = 1 pixel rim counts as missing and the
-  generator draws it. Measured on 32 procedural faces at 64 px (seed 3) against Canny of
-  the whole face: in the first ring around the holes the mean fill makes 1580 false edge
-  pixels (797 true ones there), the smooth fill 197; in the second ring 286 against 151.
-
-Config defaults are EdgeConnect's settings (10.8 M generator parameters, 2.8 M discriminator
-parameters at width 64); the tests pass small widths.
+Networks: "g" (`EdgeGenerator`: the grey image, the edge map and the mask, (N, 3, H, W), in;
+an edge map (N, 1, H, W) out) and "d" (`PatchDiscriminator(in_channels=2)` on (grey image,
+edge map) pairs, returning logits). Losses: adversarial (nsgan) plus feature matching on the
+discriminator's layers; no L1 on the edges.
 """
 
 from __future__ import annotations

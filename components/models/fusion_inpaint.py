@@ -1,89 +1,19 @@
 """Stage 2 of edge-guided face inpainting: a texture-structure fusion generator with attention.
 
-Paper: Liu, Wei, Deng 2022, face inpainting with texture-structure feature fusion and attention,
-stage 2 (stage 1 is `components/models/edge_gan.py`). Neither the paper's text nor an official
-code release was found in the sources this project can read, so every number below comes from
-the work the paper builds on, and each is cited there: EdgeConnect (Nazeri, Ng, Joseph, Qureshi,
-Ebrahimi 2019, "EdgeConnect: Generative Image Inpainting with Adversarial Edge Learning";
-knazeri/edge-connect, src/networks.py `InpaintGenerator`, src/models.py `InpaintingModel`,
-config.yml.example), RDN (Zhang, Tian, Kong, Zhong, Fu 2018, "Residual Dense Network for Image
-Super-Resolution") for the dense residual blocks, and CBAM (Woo, Park, Lee, Kweon 2018, "CBAM:
-Convolutional Block Attention Module") for channel and spatial attention.
+Liu, Wei, Deng 2022, stage 2 (stage 1 is components/models/edge_gan.py). Its text and code were
+not at hand, so every number comes from the works it builds on (EdgeConnect, RDN, CBAM), each
+cited, with the departures and their measurements, in docs/methods.md, section "fusion_inpaint".
 
-Task: inpainting. Trained on the clean `hq` with the holes of `mask` (1 = missing); the edge map
-the generator is guided by is PREDICTED by the frozen stage-1 edge generator (an upstream model,
-kept here as network "edge" so checkpoints and exports carry it), never the ground-truth Canny
-edges: at inference only predicted edges exist inside the holes, so training on them removes the
-train/test gap (EdgeConnect's edge-inpaint mode, MODEL 3 in src/edge_connect.py, does the same:
-known edges outside the holes, the edge model's inside, detached).
-In: image (N, 3, H, W) in [0, 1], edges (N, 1, H, W) in [0, 1], mask (N, 1, H, W); H and W
-divisible by 4. Out: (N, 3, H, W) in [0, 1]. `restore` reads the photo from `lq`, predicts edges
-with no known edges given (the edge model computes Canny of the known pixels itself) and returns
-the photo's known pixels exactly (`inputs.paste_known`).
+Task "inpainting". Trained on the clean `hq` with the holes of `mask` (1 = missing), guided by
+the edges the frozen stage-1 generator PREDICTS (network "edge", loaded from the upstream
+edge_gan model), never the ground-truth Canny edges. In: image (N, 3, H, W) in [0, 1], edges
+(N, 1, H, W) in [0, 1], mask (N, 1, H, W); H and W divisible by 4. Out: (N, 3, H, W) in
+[0, 1]. `restore` reads the photo from `lq`, predicts its edges and returns the photo's known
+pixels exactly (`inputs.paste_known`).
 
-Generator (FusionGenerator), widths in units of `width` = 64 (EdgeConnect's 64-128-256):
-- two encoders with EdgeConnect's encoder layout, 7x7 conv (reflection pad 3) -> 4x4 stride-2
-  conv -> 4x4 stride-2 conv, widths w, 2w, 4w, InstanceNorm + ReLU after each
-  (src/networks.py `InpaintGenerator.encoder`): a texture branch on the hole-filled RGB image +
-  mask, and a structure branch on the edge map + mask;
-- texture-structure fusion at each of the three scales (TextureStructureFusion): each branch
-  takes in the other through a sigmoid gate computed from both (texture += g_t * structure,
-  structure += g_s * texture), then a 1x1 conv merges the pair. Bidirectional gating is our
-  reading of "fusion"; it follows the bi-directional gated feature fusion of CTSDG (Guo, Yang,
-  Huang 2021, "Image Inpainting via Conditional Texture and Structure Dual Generation");
-- middle: `residual_blocks` = 8 dense residual blocks at 4w (EdgeConnect's 8 ResnetBlocks at
-  256, dilation 2). Each block (RDN's RDB) has `dense_layers` = 4 densely connected 3x3 convs of
-  `growth` = 64 channels (RDN's growth rate G = 64; RDN has 8 layers at 64 channels, 4 here at
-  256 channels keeps a block's ~0.94 M parameters under EdgeConnect's 1.18 M ResnetBlock), dilation
-  2 as EdgeConnect's blocks, ReLU and no normalisation (RDN), a 1x1 local feature fusion, then
-  CBAM attention, then the local residual. After the last block, RDN's global feature fusion:
-  every block's output concatenated, 1x1 then 3x3 conv, plus a global residual. These are the
-  dense residual skip connections;
-- attention (CBAM, Woo et al. 2018, section 3): channel attention = shared MLP with reduction
-  `attention_reduction` = 16 on average- and max-pooled features, sigmoid; then spatial attention
-  = 7x7 conv on the channel-wise mean and max, sigmoid; channel first, as CBAM found best;
-- decoder: EdgeConnect's two 4x4 stride-2 transposed convs (4w -> 2w -> w, InstanceNorm + ReLU),
-  each followed by a U-Net skip from the fused encoder features at that scale (concatenate, 3x3
-  conv, InstanceNorm, ReLU; EdgeConnect has no encoder-decoder skips), then a 7x7 conv to RGB and
-  EdgeConnect's output mapping (tanh(y) + 1) / 2 = sigmoid(2 y), here sigmoid(2 y + logit(filled
-  input)), used inside the holes only: the generator returns the input's known pixels exactly;
-- weights drawn from N(0, 0.02), biases zero (src/networks.py `BaseNetwork.init_weights`), but
-  the output conv starts at zero, so the untrained generator returns the mean-colour fill.
-Parameters at the defaults: generator 14,358,043 (EdgeConnect's InpaintGenerator: 10.8 M),
-discriminator 2,763,776, frozen edge generator 10.8 M; the paper's own figure could not be read.
-
-Discriminator: EdgeConnect's spectral-norm 70x70 PatchGAN on RGB (`models/patchgan.py`, width 64).
-
-Losses (EdgeConnect section 3.2 and src/models.py `InpaintingModel.process`), on the generator
-output (which is the composite, see below):
-- L1 to `hq` over the whole image divided by the batch's hole fraction, weight 1: on the
-  composite, exactly the mean L1 over the hole pixels (a batch without holes scores 0);
-- adversarial, nsgan (EdgeConnect's GAN_LOSS), weight 0.1, the discriminator's loss halved,
-  (real + fake) / 2;
-- perceptual (VGG19, EdgeConnect's layers), weight 0.1, and style on the holes only
-  (output * mask vs hq * mask), weight 250 (`components/losses/perceptual.py`). Both need
-  ImageNet VGG19 weights (`vgg_weights`); with vgg_weights None (the CPU demo) both terms are
-  off and not logged.
-The weights are EdgeConnect's paper values (section 3.2); config.yml.example ships CONTENT_LOSS_WEIGHT 1
-and INPAINT_ADV_LOSS_WEIGHT 0.01 instead. Optimiser (config.yml.example): Adam, lr 1e-4, betas
-(0, 0.9), the discriminator at lr x D2G_LR = 0.1.
-
-Departures from EdgeConnect:
-- holes are filled with the image's mean known colour (`inputs.fill_holes`, the project's
-  convention) rather than white, and the mask is a generator input (EdgeConnect feeds only RGB +
-  edges);
-- the generator predicts the holes only, as an offset from the fill in the output's logit space,
-  and returns the known pixels untouched (EdgeConnect's generator redraws the whole image and its
-  L1 also grades the known pixels). With a residual start and the whole-image L1, L1's constant
-  gradient on the already exact known pixels pins the correction at zero; redrawing the whole
-  image from scratch spends the first training on copying what `restore` pastes back anyway.
-  On 32 px procedural faces, 200 steps: this form gains ~1.8 dB PSNR in the holes over the fill;
-  EdgeConnect's raw output stayed 0.7-1.4 dB below the fill, and a residual output graded on
-  the whole image stayed at the fill;
-- the discriminator step runs before the generator's adversarial forward (pix2pix order): the
-  official code steps the discriminator between the generator's forward and its backward, which
-  current PyTorch rejects as an in-place change of tensors the backward needs; real and fake are
-  one concatenated discriminator forward.
+Networks: "g" (`FusionGenerator`: texture and structure encoders, gated fusion at three scales,
+dense residual blocks with CBAM, a decoder with U-Net skips), "d" (the spectral-norm PatchGAN,
+components/models/patchgan.py) and "edge" (the frozen edge generator).
 """
 
 from __future__ import annotations

@@ -1,104 +1,21 @@
 """Panini-Net: blind face restoration (and 16x face SR) by degradation-aware feature interpolation.
 
-Paper: Wang, Hu, Zhang 2022 (AAAI), "Panini-Net: GAN Prior Based Degradation-Aware Feature
-Interpolation for Face Restoration" (Fig. 1 and section "Method"). Official code:
-jianzhangcs/panini (mmediting-based): `mmedit/models/backbones/panini.py` (`Panini_MFR`, the
-multi-degradation restorer, and `Panini_SR`, the 16x SR one), `configs/panini_mfr.py` and
-`configs/panini_sr.py` (losses, optimisers, iterations). Its trainer is mmediting's `GLEAN`
-restorer (the SRGAN training step: generator step, then discriminator step).
+Wang, Hu, Zhang 2022 (AAAI); official code jianzhangcs/panini. The source of every width, loss
+weight and schedule, the departures and the measured runs: docs/methods.md, section "panini".
 
-Task: "restoration" (`input` "lq", the default): `lq` (N, 3, R, R) in [0, 1] in, the restored
+Task "restoration" (`input` "lq", the default): `lq` (N, 3, R, R) in [0, 1] in, the restored
 face (N, 3, R, R) in [0, 1] out, R = the StyleGAN2 prior's resolution, which must equal the
 `hq` size. With `input` "lr" the task is "super_resolution": `lr` (N, 3, R/f, R/f) is bicubic-
-upsampled to R x R (`classical.bicubic`, the SR baseline itself) and fed to the same network.
-Departure: the official 16x model (`Panini_SR`) reads its 64 px LR directly with a wider RRDB
-trunk (64 channels, 23 blocks) and no stride-2 stem; here the LR is upsampled first so one
-network layout serves both tasks (this project's design), and the trunk width is a config key.
-`columns(cfg)` tells the train stage which column to read: ("hq", cfg.input).
+upsampled to R x R and fed to the same network. `columns(cfg)` is ("hq", cfg.input).
 
-Networks (each one forward per step, so DDP can wrap any of them):
-- "g", `PaniniEncoder`: the image feature extraction module and the learned half of the DAFI
-  blocks. Official `Panini_MFR.encoder`:
-  * an ESRGAN RRDB trunk (`RRDBFeatureExtractor`: conv, `num_rrdbs` RRDBs of three 5-conv
-    dense blocks with growth 32, residual scale 0.2, conv, plus the trunk's input) with
-    `rrdb_channels` 8 and `num_rrdbs` 2 (the values `Panini_MFR` uses; its 64 / 23 are
-    commented out), conv init Kaiming x 0.1 (mmediting `ResidualDenseBlock.init_weights`);
-  * CBAM (Woo et al. 2018) with reduction ratio 2 (`Panini_MFR`; 8 in `Panini_SR`), written as
-    the official one works: one shared 3x3 pre-conv applied before the channel gate and again
-    before the spatial gate (7x7 conv without bias + BatchNorm(momentum 0.01) + sigmoid);
-  * 3x3 convs with LeakyReLU(0.2): one at full size to `stem_width` 32, then stride-2 convs
-    doubling it (official 64, 128) with the last one reaching the prior's width at the top
-    fused resolution (official 512 at 64 px); then one stride-2 conv per resolution down to
-    4 px (official 512 -> 512); the 4 px map, conv'd to half its width (official 256),
-    flattened and mapped by one Linear to w+ (N, n_latent, style_dim) (official 16 * 256 ->
-    18 * 512). Official input is the 512 px LQ of a 1024 px target (three stride-2 convs);
-    our `lq` has the target's size, so there is one stride-2 conv more per doubling.
-  * Departure, initialisation: the official plain convs (trunk ends, CBAM pre-conv, stem,
-    downsampling, DAFI convs) keep PyTorch's default init, which shrinks the signal about 3x per
-    layer: at init the image features reached the DAFI blocks ~15x weaker than the prior's
-    (rms 0.04 vs 0.4-0.9 on the tiny test model), so the image side started mute. Here they
-    get Kaiming-normal init (fan-in, LeakyReLU(0.2) gain; linear gain before no activation);
-    the RRDB dense blocks keep mmediting's Kaiming x 0.1. On a tiny x4 SR run (32 px,
-    300 steps) this took held-out PSNR from 20.1 to 22.4 dB.
-  * DAFI, learned part (official `AdaptiveFeatureSelect_maskgen`, `fusion_out`): an MLP
-    Linear(d, d), LeakyReLU(0.1), Linear(d, 2 * sum of C_r) on the degradation vector v (d = 256)
-    gives, per fused resolution r, logits (2, C_r) whose softmax over the 2 gives a channel-wise
-    mask (prior weight, image weight) summing to one per channel; and per r a 3x3 conv
-    (C_r -> C_r) on the image feature. One MLP serves all blocks, as in the official code.
-- "prior", `FusedPrior`: the StyleGAN2 generator (components/models/stylegan2.py), loaded from
-  the upstream prior's g_ema. It synthesises from the predicted w+ with its stored noise
-  images (official `injected_noise`); after each resolution r in 4 .. min(64, R/2) (official:
-  the five resolutions 4-64 of the 1024 px generator) the DAFI interpolation
-  F = m_prior * F_GAN + m_image * conv(F_image) replaces the prior's feature before the next
-  upsampling conv. The interpolation has no parameters, so it runs inside the prior's forward
-  and each network is called once per step. Fine-tuned (official `generator.requires_grad_(True)`;
-  `finetune_prior` False freezes it). Its mapping network is unused (w+ comes from "g") and is
-  frozen from construction so DDP never waits for its gradients.
-- "dre", `DRERepresentation`: the DRE's query encoder (components/models/dre.py, upstream
-  `dre`), giving v = its pooled 256-d feature before the MoCo head. Fine-tuned and in training
-  mode (official `deg_encoder.requires_grad_(True)`, trained with the generator); its MoCo
-  head is kept (so the upstream state dict loads as is) but frozen from construction.
-  `Panini_SR` has no DRE: a learned vector (`choice_vector`, (1, 256), randn init) replaces v,
-  bicubic being one fixed degradation. `condition` follows that: "dre" for `input` "lq",
-  "learned" for "lr" unless set. With "learned" there is no "dre" network and no DRE upstream.
-- "d": StyleGAN2's discriminator (official `StyleGAN2Discriminator` initialised from the
-  official FFHQ weights), initialised from the upstream prior's "d"; absent when `gan_weight` 0.
-
-Losses (configs/panini_mfr.py = configs/panini_sr.py), on images in [-1, 1] as the official
-`Normalize(mean 0.5, std 0.5)` data pipeline feeds them:
-- L1, weight 1 (`pixel_loss`);
-- perceptual, weight 1e-2 (`perceptual_loss`: VGG16 layer '21' = conv4_3, MSE). Departure:
-  the project's VGG19 `PerceptualLoss` (components/losses/perceptual.py: L1, ReLU outputs, [0, 1]
-  input normalised inside) at relu4_4, the last layer of VGG19's block 4 as conv4_3 is of
-  VGG16's. `vgg_weights` None (the CPU demo) turns the term off;
-- adversarial, non-saturating ("vanilla" = `AdversarialLoss("nsgan")`), weight 1e-2 for the
-  generator; the discriminator takes real + fake BCE at weight 1 (mmediting `GANLoss` weighs
-  only the generator's term), one D step after each G step (GLEAN/SRGAN `disc_steps` 1).
-Optimisers: Adam lr 1e-4, betas (0.9, 0.99) for the generator side and the discriminator
-(`optimizers`). Official schedule, left to the training loop: 800k iterations, cosine decay
-to 1e-7, batch 1 per GPU (MFR) / 2 (SR).
-
-Logged: loss (the generator's total), l1, perceptual (when on), gan, d, prior_weight (the mean
-DAFI weight on the GAN-prior features over blocks, channels and the batch).
-
-Upstream: `load_upstream(upstream, "stylegan2")` (g_ema -> "prior", d -> "d") and, with
-condition "dre", `load_upstream(upstream, "dre")` (its "encoder" -> "dre"). Their configs are
-recorded in `prior` / `dre` (the prior's `pretrained` set to None), so `load_exported`, which
-passes no upstream, rebuilds every network from the config alone. With neither, the method
-fails naming the missing upstream.
-
-Parameters at the default config (R 1024 config-F prior, DRE width 64): g 63,575,984 (37.8 M of
-it the w+ Linear), prior 30,370,060 (2,101,248 of them the frozen mapping), dre 1,278,784
-(131,584 the frozen head), d 29,012,513. The paper states no count.
-
-DAFI on the CPU test (tests/unit/test_models_panini.py: 32 px, 540 steps on 64 noise-led blind
-faces, an untrained tiny prior and DRE, both fine-tuned): the mean prior weight on held-out faces
-came out 0.501 on mild (scale 1-1.2, noise 25-30) and 0.500 on severe (scale 1.8-2, noise 45-50)
-degradations: no shift toward the GAN prior as degradation grows. A short run from an untrained
-DRE and prior barely moves the masks from their initial 0.5 (the image side carries the whole
-restoration); the paper's DAFI analysis is of a trained DRE and an FFHQ prior.
-Same run: held-out PSNR 21.98 dB against 20.48 dB for the degraded input; x4 SR (8 -> 32 px)
-23.40 dB against bicubic's 22.69 dB.
+Networks: "g" (`PaniniEncoder`: RRDB trunk, CBAM, strided convs to w+ (N, n_latent,
+style_dim), and the learned half of the DAFI blocks), "prior" (`FusedPrior`: the upstream
+StyleGAN2 generator, whose features at 4 .. min(64, R/2) px the DAFI interpolation
+F = m_prior * F_GAN + m_image * conv(F_image) replaces), "dre" (the upstream DRE's query
+encoder: v = its pooled 256-d feature; absent with condition "learned") and "d" (StyleGAN2's
+discriminator; absent when `gan_weight` 0). Upstream: `load_upstream(upstream, "stylegan2")`
+and, with condition "dre", `load_upstream(upstream, "dre")`; their configs are recorded, so
+`load_exported` rebuilds every network from the config alone.
 """
 
 from __future__ import annotations

@@ -1,35 +1,14 @@
 """EdgeConnect's 70x70 PatchGAN discriminator with spectral normalisation.
 
-Paper: Nazeri, Ng, Joseph, Qureshi, Ebrahimi 2019, "EdgeConnect: Generative Image Inpainting
-with Adversarial Edge Learning", section 3.1 and appendix; the discriminator follows the 70x70
-PatchGAN of Isola et al. 2017 ("Image-to-Image Translation with Conditional Adversarial
-Networks"), with spectral normalisation (Miyato et al. 2018) on every layer.
-
-Layout (knazeri/edge-connect, src/networks.py `Discriminator`): five 4x4 convs, padding 1,
-widths 64-128-256-512-1 (here `width` x 1, 2, 4, 8, then 1), strides 2, 2, 2, 1, 1, a
-LeakyReLU(0.2) after each of the first four, no activation after the last; no normalisation
-layer; conv bias only without spectral norm (a bias is redundant beside a normalised weight,
-as in the official code). Weights drawn from N(0, 0.02), biases zero (src/networks.py
-`BaseNetwork.init_weights`, defaults `normal`, gain 0.02).
+Nazeri et al. 2019 (EdgeConnect), after the 70x70 PatchGAN of Isola et al. 2017, with spectral
+normalisation (Miyato et al. 2018) on every layer. The layout's source, the departures and the
+parameter counts: docs/methods.md, section "patchgan".
 
 In: (N, in_channels, H, W), any H, W >= 24. Out: (logits (N, 1, H/8 - 2, W/8 - 2), features):
-raw logits, one per 70x70 receptive field; `features` is the list of the five layers'
-activations (the last is the logits), what `feature_matching_loss` compares.
-At 256 px: 30x30 logits; 32 px: 2x2; 64 px: 6x6.
-
-Departures from the official code:
-- no sigmoid: EdgeConnect squashes the output for its nsgan/lsgan losses; here
-  `components.losses.adversarial.AdversarialLoss` takes logits (numerically stable BCE).
-- LeakyReLU not in place, so no returned feature map is ever overwritten.
-- spectral norm from `torch.nn.utils.parametrizations.spectral_norm` rather than the older
-  `torch.nn.utils.spectral_norm` hook (one power iteration per training forward in both).
-  The parametrization clones its power-iteration vectors before using them, so two forwards
-  (real, then fake) before one backward work under DDP, whose buffer broadcast rewrites those
-  vectors in place at each forward; tests/unit/test_models_patchgan.py checks it on 2 ranks.
-
-Parameters at width 64: 2,763,776 with 3 input channels (EdgeConnect's inpainting
-discriminator, RGB) and 2,762,752 with 2 (its edge discriminator, grayscale + edge); spectral
-norm adds none, only its power-iteration buffers. The paper states no count.
+raw logits (no sigmoid), one per 70x70 receptive field; `features` is the list of the five
+layers' activations (the last is the logits), what `feature_matching_loss` compares.
+At 256 px: 30x30 logits; 32 px: 2x2; 64 px: 6x6. Two forwards (real, then fake) before one
+backward work under DDP (tests/unit/test_models_patchgan.py checks it on 2 ranks).
 """
 
 from __future__ import annotations

@@ -1,93 +1,18 @@
 """StyleGAN2: the GAN prior Panini-Net builds on, trainable here and able to import FFHQ checkpoints.
 
-Paper: Karras, Laine, Aittala, Hellsten, Lehtinen, Aila 2020, "Analyzing and Improving the Image
-Quality of StyleGAN" (CVPR), configuration F. Official code: NVlabs/stylegan2 (TensorFlow);
-the layouts followed here are its PyTorch ports rosinality/stylegan2-pytorch (`model.py`,
-`train.py`) and XPixelGroup/BasicSR (`basicsr/archs/stylegan2_arch.py`, what GFPGAN uses).
-Panini-Net (jianzhangcs/panini, `mmedit/models/backbones/panini.py`) runs the FFHQ 1024 config-F
-generator layer by layer from 18 per-layer latents, fusing its own features into the 4-64 px
-feature maps; `Generator.synthesize` offers exactly that.
+Karras et al. 2020 (CVPR), configuration F, in the layouts of its PyTorch ports
+rosinality/stylegan2-pytorch and XPixelGroup/BasicSR. Every number's source (mapping network,
+channel table, R1, path length, Adam, EMA), the import key maps, the departures and the
+parameter counts: docs/methods.md, section "stylegan2".
 
-Task: "prior". Trained on `hq` (N, 3, R, R) in [0, 1] (mapped to [-1, 1], the official range),
-R = `resolution`. `generate(n, seed)` -> (n, 3, R, R) in [0, 1]; `restore` raises (a prior
+Task "prior". Trained on `hq` (N, 3, R, R) in [0, 1] (mapped to [-1, 1]), R = `resolution`
+(at most 1024). `generate(n, seed)` -> (n, 3, R, R) in [0, 1]; `restore` raises (a prior
 restores nothing). Networks: "g" (trained), "d" (trained) and "g_ema" (the moving average of
 g, every parameter requires_grad=False, so the training loop never wraps it in DDP); g_ema is
-the prior Panini-Net uses.
-
-Generator (rosinality model.py `Generator`, BasicSR `StyleGAN2Generator`):
-- mapping network: pixel norm of z, then `n_mlp` = 8 equalized-lr fully connected layers of
-  `style_dim` = 512 with leaky ReLU, learning-rate multiplier `lr_mlp` = 0.01 (paper sec. 2 and
-  StyleGAN 2019 sec. 2, App. C; rosinality `lr_mlp=0.01`);
-- a learned constant 4x4 input; per resolution 4 .. R a 3x3 modulated, demodulated conv (the
-  first one of each resolution > 4 upsamples x2 by a stride-2 transposed conv followed by the
-  [1, 3, 3, 1] blur), each adding per-pixel Gaussian noise scaled by a learned per-layer
-  strength (initialised 0), then a bias and leaky ReLU(0.2) x sqrt(2) (paper sec. 2.2, Fig. 2d);
-- "skip" output: a modulated (not demodulated) 1x1 ToRGB at every resolution, the running RGB
-  image upsampled x2 with the [1, 3, 3, 1] filter and summed (paper sec. 4.1, Fig. 7b);
-- n_latent = 2 log2(R) - 2 per-layer style vectors (w+); layer order: conv at 4 (latent 0),
-  ToRGB at 4 (latent 1), then per resolution up-conv, conv, ToRGB (latents 2k+1 .. 2k+3);
-  this is rosinality's indexing and Panini-Net's.
-- equalized learning rate everywhere (ProGAN, Karras et al. 2018, sec. 4.1): weights are drawn
-  from N(0, 1) (/ lr_mul for the mapping) and scaled by lr_mul / sqrt(fan_in) at run time, so
-  what the state dict stores is the unscaled weight, as in both official ports: imported values
-  need no rescaling.
-Channel table (rosinality model.py / BasicSR `channels`): 512 at 4-32 px, then 256, 128, 64, 32,
-16 x `channel_multiplier` (2 for config F) at 64, 128, 256, 512, 1024 px; every entry is then
-multiplied by `width_scale` and truncated to an int - BasicSR's `narrow` (same rounding, so a
-BasicSR `narrow` checkpoint loads with `width_scale` = narrow). A CPU-sized run uses
-`width_scale` 1/32 (16 channels at 4-32 px) and 32-64 px. Resolutions above 1024 are refused:
-the official table stops there.
-
-Discriminator (rosinality `Discriminator`, BasicSR `StyleGAN2Discriminator`, paper Fig. 7c
-"residual"): 1x1 conv from RGB, one residual block per resolution R .. 8 (3x3 conv, 3x3 conv
-with blur + stride-2 downsampling, a 1x1 blurred stride-2 skip, sum / sqrt(2)), minibatch
-standard deviation (group 4, 1 feature; ProGAN sec. 3), 3x3 conv, two equalized FC layers to
-one logit; same channel table.
-
-Training (`training_step`; NVlabs/stylegan2 run_training.py, training/loss.py,
-training/training_loop.py; rosinality train.py):
-- non-saturating logistic loss for G and D (`AdversarialLoss("nsgan")`, softplus form;
-  loss.py `G_logistic_ns_pathreg` / `D_logistic_r1`);
-- style mixing with probability 0.9 (networks_stylegan2.py `G_main(style_mixing_prob=0.9)`,
-  StyleGAN sec. 3.1), the crossover layer uniform in [1, n_latent - 1];
-- lazy R1 on reals, gamma = 10 (run_training.py `D_loss.gamma = 10`; rosinality `--r1 10`),
-  every `d_reg_every` = 16 D steps, weighted by the interval (paper sec. 3.1 "lazy
-  regularization");
-- path-length regularisation (paper sec. 3.2), weight 2, decay 0.01 of the running mean,
-  every `g_reg_every` = 4 steps on half the batch (loss.py `G_logistic_ns_pathreg`, rosinality
-  `--path_regularize 2 --g_reg_every 4 --path_batch_shrink 2`); it is cheap at 32-64 px and kept
-  on in the CPU preset; `pl_weight` 0 turns it off (then G gets no lazy correction);
-- Adam lr 0.002, betas (0, 0.99), eps 1e-8 (run_training.py `G_opt` / `D_opt`,
-  `sched.G_lrate_base = sched.D_lrate_base = 0.002`), with the lazy-regularisation correction
-  lr * c, betas ** c, c = k / (k + 1) for interval k (training_loop.py `mb_ratio`; rosinality
-  train.py `g_reg_ratio` / `d_reg_ratio`). The official batch is 32 (`minibatch_size_base`);
-  the batch here is the training loop's;
-- g_ema decay 0.5 ** (global batch / (`ema_kimg` * 1000)), ema_kimg = 10: a half-life of 10k
-  images (training_loop.py `G_smoothing_kimg=10.0`, `Gs_beta`; rosinality fixes it for batch
-  32). Buffers (fixed noise, the path-length mean) are copied.
-- truncation centre: `mean_latent()`, the mean w of 4096 seeded z (rosinality / BasicSR
-  `mean_latent`), not the official running `dlatent_avg` (beta 0.995), which the PyTorch ports
-  do not keep in their state dicts.
-Departures: R1 and the path-length term run in float32 with autocast off (their second-order
-gradients are too coarse in bf16); the minibatch-stddev group shrinks to the largest divisor of
-the batch <= 4 instead of failing on a batch of 6; no mirror augmentation (the FFHQ recipe's
-`--mirror-augment=true` belongs to the data side) and no ADA.
-Losses logged: d, g, r1, path (the penalty), path_length (mean length), real_score, fake_score;
-r1 / path hold their last computed value between regularisation steps (as rosinality logs).
-
-Import (`import_state_dict`, `pretrained` + `pretrained_layout`): rosinality ("g_ema" of its
-checkpoints or of convert_weight.py's output) and BasicSR/GFPGAN ("params_ema", else "params")
-generator state dicts map key by key onto ours; the five-dimensional modulated-conv weights
-(1, O, I, k, k) lose their leading 1 and ToRGB biases (1, 3, 1, 1) become (3,); rosinality's
-stored blur kernels are checked and dropped (ours are constants, not state). The discriminator
-is not imported (fine-tuning starts a fresh one). Export writes `pretrained` as None: the
-exported weights already hold the checkpoint.
-
-Parameters at the default config (R = 1024, style_dim 512, n_mlp 8, channel_multiplier 2):
-g 30,370,060 (plus 2,796,176 fixed-noise buffer values), d 29,012,513; g_ema as g. g's
-parameters map one to one, shape for shape, onto rosinality's config-F `Generator`
-(tests/unit/test_models_stylegan2.py checks the map against their layout), and d mirrors
-their `Discriminator` layer for layer.
+the prior Panini-Net uses. `Generator.synthesize` runs the generator layer by layer from w+
+(N, n_latent, style_dim), n_latent = 2 log2(R) - 2, for a caller that fuses its own features
+into the 4-64 px maps. `pretrained` + `pretrained_layout` ("rosinality" or "basicsr") import a
+published generator state dict (`import_state_dict`); export writes `pretrained` as None.
 """
 
 from __future__ import annotations
