@@ -14,8 +14,10 @@ from the URI: a URI is recorded in run records and MLflow params.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +101,33 @@ def list_dir(uri: str) -> list[Entry]:
     )
 
 
+def list_files(uri: str) -> dict[str, int]:
+    """Every file under a folder, at any depth: path relative to `uri` ("shards/a.parquet") -> size in
+    bytes, from one recursive listing (on S3 one paged LIST, not a request per file). {} if absent."""
+    fs, path = resolve(uri)
+    base = path.rstrip("/") + "/"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return {info.path[len(base):]: info.size for info in infos
+            if info.type == pafs.FileType.File and info.path.startswith(base)}
+
+
+_CHUNK = 8 << 20
+
+
+def checksum(uri: str) -> tuple[str, int]:
+    """sha256 (hex) and size of a file, streamed in 8 MiB chunks so a large file is never held whole."""
+    fs, path = resolve(uri)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fs.open_input_stream(path) as stream:
+            while chunk := stream.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"no file at {uri}") from err
+    return digest.hexdigest(), size
+
+
 def remove_tree(uri: str) -> None:
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
@@ -118,6 +147,14 @@ def temporary_name(uri: str) -> str:
     """A sibling name that readers ignore (they look for exact names only)."""
     head, _, tail = uri.rpartition("/")
     return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{8}")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one `temporary_name` makes: a write that never finished (or not yet)."""
+    return _TEMPORARY.fullmatch(name.rpartition("/")[2]) is not None
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:

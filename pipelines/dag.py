@@ -5,9 +5,10 @@ store holds through a `StoreView`, so planning is cheap, testable and explains i
 
 A stage's fingerprint is the hash of (kind, code version, resolved config, upstream
 fingerprints). Its output lives at `<store>/stages/<stage>/<fingerprint>/`; a stage is *cached*
-when the manifest there is complete, *stale* when an earlier output of that stage exists
-under another fingerprint (the plan says which config key or upstream changed), and
-*missing* when the stage never produced anything.
+when the manifest there is complete and the files it lists are there, *stale* when an earlier
+output of that stage exists under another fingerprint (the plan says which config key or
+upstream changed) or the output at this one is damaged, and *missing* when the stage never
+produced anything.
 """
 
 from __future__ import annotations
@@ -47,8 +48,13 @@ class StageRecord:
     code_version: str
 
 
+DAMAGE_SHOWN = 3  # problems a damaged stage's reason names; the rest are counted
+
+
 class StoreView(Protocol):
     def is_complete(self, stage: str, fingerprint: str) -> bool: ...
+    # Asked of complete outputs only: what is wrong with their files ([] when whole).
+    def damage(self, stage: str, fingerprint: str) -> list[str]: ...
     def latest(self, stage: str) -> StageRecord | None: ...
 
 
@@ -197,7 +203,15 @@ class Pipeline:
 
     def _state(self, name: str, prints: Mapping[str, str], store: StoreView) -> tuple[State, tuple[str, ...]]:
         if store.is_complete(name, prints[name]):
-            return State.CACHED, ()
+            problems = store.damage(name, prints[name])
+            if not problems:
+                return State.CACHED, ()
+            # Stale, not missing: rerunning rebuilds only what is damaged. Downstream keeps its
+            # fingerprint, so it stays cached.
+            shown = problems[:DAMAGE_SHOWN]
+            if len(problems) > DAMAGE_SHOWN:
+                shown.append(f"{len(problems) - DAMAGE_SHOWN} more")
+            return State.STALE, (f"damaged: {'; '.join(shown)}",)
         previous = store.latest(name)
         if previous is None:
             return State.MISSING, ()

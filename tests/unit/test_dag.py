@@ -18,12 +18,17 @@ def demo():
 
 
 class FakeStore:
-    def __init__(self, complete=(), latest=None):
+    def __init__(self, complete=(), latest=None, damaged=None):
         self.complete = set(complete)
         self.records = latest or {}
+        self.damaged = damaged or {}  # (stage, fp) -> problems with its files
 
     def is_complete(self, stage, fp):
         return (stage, fp) in self.complete
+
+    def damage(self, stage, fp):
+        assert (stage, fp) in self.complete, "damage is asked of complete outputs only"
+        return self.damaged.get((stage, fp), [])
 
     def latest(self, stage):
         return self.records.get(stage)
@@ -134,3 +139,30 @@ def test_force_reruns_a_cached_stage_and_its_downstream():
 def test_selection_of_an_unknown_stage_is_named():
     with pytest.raises(SelectionError, match="--only names unknown stage 'trian'"):
         demo().plan(FakeStore(), Selection(only="trian"))
+
+
+def damaged(pipeline, **problems):
+    prints = pipeline.fingerprints()
+    return FakeStore(set(prints.items()), damaged={(n, prints[n]): p for n, p in problems.items()})
+
+
+def test_a_damaged_output_is_stale_names_the_problem_and_runs_alone():
+    pipeline = demo()
+    entries = {e.stage.name: e for e in pipeline.plan(damaged(pipeline, synthesize=["shards/shard-00001.parquet missing"]))}
+    assert entries["synthesize"].state is State.STALE and entries["synthesize"].will_run
+    assert entries["synthesize"].reasons == ("damaged: shards/shard-00001.parquet missing",)
+    # Rebuilding it keeps its fingerprint, so what was built from it is still valid.
+    assert all(entries[n].state is State.CACHED and not entries[n].will_run for n in ("train", "evaluate", "register"))
+
+
+def test_a_damaged_output_names_three_problems_and_counts_the_rest():
+    pipeline = demo()
+    problems = [f"shards/shard-0000{i}.parquet missing" for i in range(5)]
+    (entry,) = [e for e in pipeline.plan(damaged(pipeline, train=problems)) if e.stage.name == "train"]
+    assert entry.reasons == ("damaged: " + "; ".join(problems[:3]) + "; 2 more",)
+
+
+def test_only_with_a_damaged_upstream_names_it():
+    pipeline = demo()
+    with pytest.raises(SelectionError, match="needs 'synthesize'.*stale"):
+        pipeline.plan(damaged(pipeline, synthesize=["x missing"]), Selection(only="train"))
