@@ -21,6 +21,12 @@ class ProgressBoard:
     def update(self, stage: str, fields: dict[str, Any]) -> None:
         self._stages.setdefault(stage, {}).update(fields, updated_at=time.time())
 
+    def ran_on(self, stage: str, node: str) -> None:
+        """A node that did some of the stage's work (a train worker, a synthesis task)."""
+        nodes = self._stages.setdefault(stage, {}).setdefault("nodes", [])
+        if node not in nodes:
+            nodes.append(node)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self._stages
 
@@ -35,3 +41,7 @@ class StageProgress:
     def update(self, **fields: Any) -> None:
         if self.board is not None:
             self.board.update.remote(self.stage, fields)
+
+    def ran_on_this_node(self) -> None:
+        if self.board is not None:
+            self.board.ran_on.remote(self.stage, ray.util.get_node_ip_address())

@@ -4,6 +4,7 @@ that `facerestore --help` answers at once."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,7 +47,10 @@ def _selection(only: str | None, start: str | None, force: list[str] | None):
 
 @app.command()
 def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: FromOpt = None,
-         force: ForceOpt = None, preset: PresetOpt = None) -> None:
+         force: ForceOpt = None, preset: PresetOpt = None,
+         verify: Annotated[bool, typer.Option(
+             "--verify", help="also compare every output file's sha256 with its manifest (reads all of them)")] = False,
+         ) -> None:
     """Show each stage as cached / stale (and why) / missing, and what `run` would execute."""
     from pipelines.dag import SelectionError
     from pipelines.display import plan_table
@@ -54,15 +58,21 @@ def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fr
 
     cfg = _load(config, set_, preset)
     try:
-        entries = make_plan(cfg, _selection(only, from_, force))
+        entries = make_plan(cfg, _selection(only, from_, force), verify=verify)
     except SelectionError as err:
         console().print(f"[bold red]cannot plan:[/] {err}")
         raise typer.Exit(2) from None
-    console().print(plan_table(entries, cached_notes(cfg, entries)))
+    console().print(plan_table(entries, cached_notes(cfg, entries, verify)))
+    differs = [e.stage.name for e in entries if any("checksum differs" in r for r in e.reasons)]
+    if differs:
+        # `run` plans by sizes only, so it would call these cached; a forced run verifies before it reruns.
+        console().print("`facerestore run` compares sizes only; to rebuild the damaged files: "
+                        + "; ".join(f"`facerestore run {config} --only {name}`" for name in differs), highlight=False)
 
 
-def cached_notes(cfg, entries) -> dict[str, str]:
-    """What a cached output reports about its inputs: a synthesize stage's skipped images."""
+def cached_notes(cfg, entries, verified: bool = False) -> dict[str, str]:
+    """What a cached output reports about itself: a synthesize stage's skipped images, whether its
+    files were checked (a manifest written before file lists has none to check against)."""
     from pipelines.dag import State
     from pipelines.store import Store
 
@@ -70,9 +80,17 @@ def cached_notes(cfg, entries) -> dict[str, str]:
     for entry in entries:
         if entry.state is State.CACHED:
             manifest = store.manifest(entry.stage.name, entry.fingerprint) or {}
+            lines = []
             skipped = manifest.get("metrics", {}).get("skipped")
             if skipped:
-                notes[entry.stage.name] = f"{int(skipped)} source images skipped (see its manifest)"
+                lines.append(f"{int(skipped)} source images skipped (see its manifest)")
+            if "files" not in manifest:
+                lines.append("files not checked: its manifest predates file lists")
+            elif verified:
+                count = len(manifest["files"])
+                lines.append(f"{count} file{'' if count == 1 else 's'} verified (sha256)")
+            if lines:
+                notes[entry.stage.name] = "\n".join(lines)
     return notes
 
 
@@ -82,23 +100,34 @@ def run(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fro
         address: Annotated[Optional[str], typer.Option(help="Ray cluster address (else RAY_ADDRESS, else local)")] = None,
         run_id: Annotated[Optional[str], typer.Option(
             "--run-id", help="pipeline run id to use (`submit` passes the one it printed); must be new")] = None,
+        max_parallel: Annotated[Optional[int], typer.Option(
+            "--max-parallel", min=1, help="stages at once [default: execution.max_parallel, else what the cluster fits]; "
+                                          "1 runs them one after another")] = None,
+        fail_fast: Annotated[Optional[bool], typer.Option(
+            "--fail-fast/--keep-going", help="stop every stage at the first failure [default: execution.fail_fast, "
+                                             "else keep going: independent stages run to the end]")] = None,
         ) -> None:
-    """Run the pipeline: every stage that is not cached, in order."""
+    """Run the pipeline: every stage that is not cached, each as soon as its upstream stages are done."""
     from components.tracking.runs import TrackingRefused
     from pipelines.display import summary_table
-    from pipelines.runner import Runner, StageFailed
+    from pipelines.runner import RunFailed, Runner
 
     cfg = _load(config, set_, preset)
     if run_id is not None:
         _check_new_run_id(run_id, cfg.store)
-    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console(), run_id=run_id)
+    runner = Runner(cfg, _selection(only, from_, force), address=address, console=console(), run_id=run_id,
+                    max_parallel=max_parallel, fail_fast=fail_fast)
     try:
         record = runner.run()
     except (ValueError, TrackingRefused) as err:  # a bad selection, an address `run` cannot join, a refused login
         console().print(f"[bold red]cannot run:[/] {err}")
         raise typer.Exit(2) from None
-    except StageFailed as err:
-        console().print(f"[bold red]{err}[/]\nsee `facerestore status {err.run_id} --store {cfg.store}`")
+    except RunFailed as err:
+        from pipelines.store import Store
+
+        console().print(summary_table(Store(cfg.store).load_run(err.run_id)))
+        console().print(f"[bold red]{err}[/]\nsee `facerestore status {err.run_id} --store {cfg.store}`; "
+                        "rerunning runs the failed stages and what they blocked, the rest is cached")
         raise typer.Exit(1) from None
     console().print(summary_table(record))
     if all(s["state"] == "cached" for s in record["stages"].values()):
@@ -146,9 +175,16 @@ def submit(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: 
            working_dir: Annotated[Optional[Path], typer.Option(
                "--working-dir", help="directory uploaded as the job's working_dir, CONFIG inside it "
                                      "[default: this project checkout; none for an installed package]")] = None,
+           check: Annotated[bool, typer.Option(
+               "--check/--no-check", help="first run a short job that checks the cluster can run the pipeline: "
+                                          "`facerestore` on the head's PATH, the same version as here")] = True,
+           check_timeout: Annotated[Optional[float], typer.Option(
+               "--check-timeout", min=1, help="seconds to wait for that check job "
+                                              "(default 120; 900 with --pip, whose first install happens in it)")] = None,
            ) -> None:
     """Send the run to a Ray cluster as a Ray Job; print the job id and the pipeline run id, and return."""
-    from pipelines.jobs import JobError, RunOptions, build_submission, default_working_dir, parse_env
+    from pipelines.jobs import (CHECK_TIMEOUT_PIP_S, CHECK_TIMEOUT_S, JobError, RunOptions, build_submission,
+                                checkout_version, default_working_dir, parse_env)
     from pipelines.runner import new_run_id
 
     cfg = _load(config, set_, preset)
@@ -161,6 +197,10 @@ def submit(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: 
         raise typer.Exit(2) from None
     jobs = _jobs(address)
     try:
+        if check:
+            Console(stderr=True).print(f"checking that {jobs.address} can run facerestore {checkout_version()} "
+                                       "(--no-check skips this)", highlight=False)
+            jobs.check_head(submission, check_timeout or (CHECK_TIMEOUT_PIP_S if pip else CHECK_TIMEOUT_S))
         job_id = jobs.submit(submission)
     except JobError as err:
         console().print(f"[bold red]cannot submit:[/] {err}")
@@ -239,17 +279,43 @@ def _load_run(run_id: str, store: str) -> dict:
 
 @app.command()
 def status(run_id: Annotated[str, typer.Argument(help="pipeline run id (from `facerestore runs`)")],
-           store: StoreOpt = ".facerestore") -> None:
-    """Each stage of one run: state, duration, fingerprint, key metrics, MLflow run id."""
-    from pipelines.display import summary_table
+           store: StoreOpt = ".facerestore",
+           timeline: Annotated[Optional[Path], typer.Option(
+               "--timeline", help="also write the run's Gantt chart (a PNG, one bar per attempt) to this file")] = None,
+           ) -> None:
+    """Each stage of one run: state, start, end, duration, attempts, nodes, fingerprint, key metrics, MLflow run."""
+    from pipelines.display import last_error, status_table
 
     record = _load_run(run_id, store)
-    console().print(summary_table(record))
+    console().print(status_table(record))
     for name, info in record["stages"].items():
-        if info.get("error"):
-            console().print(f"[red]{name}: {info['error']}[/]")
+        error = info.get("error") or (last_error(info) if info["state"] in ("failed", "interrupted") else None)
+        if error:
+            console().print(f"[red]{name}: {error}[/]", highlight=False)
     if record.get("mlflow_run_id"):
         console().print(f"MLflow parent run {record['mlflow_run_id']} at {record.get('tracking_uri')}")
+    if timeline is not None:
+        from pipelines.timeline import timeline_png
+
+        try:
+            timeline.write_bytes(timeline_png(record))
+        except OSError as err:
+            console().print(f"[bold red]cannot write the timeline to {timeline}:[/] {err.strerror or err}")
+            raise typer.Exit(2) from None
+        console().print(f"timeline: {timeline}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def version() -> None:
+    """The installed facerestore version (what `submit` checks the cluster runs too)."""
+    from pipelines.jobs import installed_version
+
+    found = installed_version()
+    if found is None:
+        console().print(f"[bold red]facerestore is not installed[/] in {sys.executable}'s environment "
+                        f"(running from {Path(__file__).parent}): `pip install -e .` in the checkout")
+        raise typer.Exit(1)
+    typer.echo(f"facerestore {found}")
 
 
 @app.command()

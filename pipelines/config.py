@@ -9,11 +9,13 @@ Layout of a pipeline YAML::
     store: .facerestore          # local folder or any pyarrow.fs URI
     ray: {num_cpus: 4}           # ignored when joining a cluster (RAY_ADDRESS / --address)
     tracking: {uri: null}        # null: SQLite file in the store; else MLFLOW_TRACKING_URI wins
+    execution: {max_parallel: null}   # stages at once (null: what the cluster fits); --max-parallel wins
     stages:
       synthesize: {source: {kind: procedural, count: 96}}   # `kind` defaults to the stage's name
-      train_baseline: {kind: train, needs: [synthesize], method: baseline}
+      train_baseline: {kind: train, needs: [synthesize], method: baseline, retries: 2}
 
-`--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
+`retries` / `retry_backoff_s` sit beside `kind` and `needs`: how the runner treats a stage, not
+part of its config or fingerprint. `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
 
 A recipe may name presets: sets of the same dotted overrides, chosen with `--preset NAME`
 and applied before any `--set` (so a `--set` still wins)::
@@ -57,10 +59,24 @@ class TrackingOptions(Strict):
     experiment: str = "facerestore"
 
 
+class ExecutionOptions(Strict):
+    """How the runner runs the DAG (docs/pipeline.md, "Concurrency"); none of it changes a stage's output."""
+
+    max_parallel: int | None = Field(None, gt=0, description="stages running at once; null: as many as the cluster fits")
+    fail_fast: bool = Field(False, description="stop every stage at the first failure instead of finishing independent ones")
+    # Logical CPUs no second stage may claim: Ray Data's tasks (reads, decodes) need a free CPU,
+    # and trainers holding every CPU would leave them none, so the run would hang.
+    reserve_cpus: float = Field(1.0, ge=0)
+    stall_timeout_s: float = Field(900.0, gt=0, description="a running stage with no progress for this long fails (and may retry)")
+    lease_ttl_s: float = Field(120.0, gt=0, description="a stage's lease in the store expires this long after its owner's last heartbeat")
+
+
 class StageSection(Strict):
     kind: str
     needs: tuple[str, ...] = ()
     config: Any  # the stage kind's own pydantic model
+    retries: int = Field(0, ge=0, description="attempts after the first, for transient faults only")
+    retry_backoff_s: float = Field(10.0, ge=0, description="wait before the first retry; doubled for each further one")
 
 
 class PipelineConfig(Strict):
@@ -68,6 +84,7 @@ class PipelineConfig(Strict):
     store: str = ".facerestore"
     ray: RayOptions = Field(default_factory=RayOptions)
     tracking: TrackingOptions = Field(default_factory=TrackingOptions)
+    execution: ExecutionOptions = Field(default_factory=ExecutionOptions)
     stages: dict[str, StageSection]
 
 
@@ -156,6 +173,8 @@ def parse_stage(name: str, body: dict) -> StageSection:
     body = dict(body)
     kind = body.pop("kind", name)
     needs = body.pop("needs", [])
+    # How the runner treats the stage, not what it computes: kept out of its config and fingerprint.
+    retry = {key: body.pop(key) for key in ("retries", "retry_backoff_s") if key in body}
     if kind not in STAGE_KINDS:
         raise ConfigError(f"stages.{name}.kind: unknown stage kind '{kind}' (allowed: {', '.join(STAGE_KINDS)})")
     if isinstance(needs, str):
@@ -165,7 +184,10 @@ def parse_stage(name: str, body: dict) -> StageSection:
         config = model.model_validate(body)
     except ValidationError as err:
         raise ConfigError(describe_errors(err, model, prefix=f"stages.{name}.")) from None
-    return StageSection(kind=kind, needs=tuple(needs), config=config)
+    try:
+        return StageSection(kind=kind, needs=tuple(needs), config=config, **retry)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, StageSection, prefix=f"stages.{name}.")) from None
 
 
 def describe_errors(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
@@ -201,7 +223,7 @@ def resolved_config(cfg: PipelineConfig) -> dict:
     return {
         **cfg.model_dump(mode="json", exclude={"stages"}),
         "stages": {
-            name: {"kind": s.kind, "needs": list(s.needs), **resolved_section(s)}
+            name: {"kind": s.kind, "needs": list(s.needs), "retries": s.retries, **resolved_section(s)}
             for name, s in cfg.stages.items()
         },
     }

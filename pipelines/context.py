@@ -1,4 +1,4 @@
-"""What the runner hands a stage and what a stage hands back (ARCHITECTURE.md, stage contract)."""
+"""What the runner hands a stage and what a stage hands back (docs/architecture.md, "The stage contract")."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from rich.table import Table
 from pipelines.dag import PlanEntry
 
 STATE_STYLE = {"cached": "green", "finished": "bold green", "running": "yellow", "pending": "dim",
-               "failed": "bold red", "stale": "yellow", "missing": "cyan", "skipped": "dim", "interrupted": "red"}
+               "failed": "bold red", "stale": "yellow", "missing": "cyan", "skipped": "dim", "interrupted": "red",
+               "waiting": "cyan", "blocked": "red"}
 KEY_METRICS = ("psnr", "ssim", "l1", "input_psnr", "loss", "samples", "skipped", "step")
 
 
@@ -101,6 +102,71 @@ def summary_table(record: dict[str, Any]) -> Table:
         duration = f"{info['duration_s']:.1f}s" if "duration_s" in info else ""
         table.add_row(name, styled(info["state"]), duration, info["fingerprint"][:12],
                       format_metrics(info.get("metrics")), (info.get("mlflow_run_id") or "")[:12])
+    return table
+
+
+def _clock(t: float | None, day: str) -> str:
+    """Clock time; the date too when it is not the run's start day."""
+    if t is None:
+        return ""
+    local = time.localtime(t)
+    return time.strftime("%H:%M:%S" if time.strftime("%Y-%m-%d", local) == day else "%m-%d %H:%M:%S", local)
+
+
+def _duration(info: dict[str, Any], now: float) -> str:
+    if "duration_s" in info:
+        return f"{info['duration_s']:.1f}s"
+    if info.get("started_at") is None:
+        return ""
+    if info.get("finished_at") is not None:
+        return f"{info['finished_at'] - info['started_at']:.1f}s"
+    return f"{now - info['started_at']:.1f}s so far" if info.get("state") == "running" else ""
+
+
+def shorten(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def last_error(info: dict[str, Any]) -> str | None:
+    """The error of the stage's last failed attempt (`error` in records written before attempts)."""
+    for attempt in reversed(info.get("attempts") or []):
+        if attempt.get("error"):
+            return attempt["error"]
+    return info.get("error")
+
+
+def _attempts_text(info: dict[str, Any]) -> str:
+    attempts = info.get("attempts")
+    count = len(attempts) if attempts else (1 if info.get("started_at") is not None else 0)
+    if not count:
+        return ""
+    error = last_error(info)
+    return f"{count}, last error {shorten(error, 40)}" if error else str(count)
+
+
+def status_table(record: dict[str, Any], now: float | None = None) -> Table:
+    """`facerestore status`: the summary's columns plus when, how often and where each stage ran."""
+    from pipelines.timeline import nodes_text
+
+    now = time.time() if now is None else now
+    started = record.get("started_at")
+    day = time.strftime("%Y-%m-%d", time.localtime(started)) if started is not None else ""
+    title = f"pipeline run {record['run_id']}: {record['state']}"
+    if started is not None:
+        title += f" (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})"
+    table = Table(title=title)
+    table.add_column("stage", no_wrap=True)  # the name users pass to --only / --from
+    for column in ("state", "start", "end", "duration", "attempts", "nodes", "fingerprint", "key metrics", "mlflow run"):
+        table.add_column(column)
+    for name, info in record["stages"].items():
+        state = styled(info["state"])
+        if info["state"] == "blocked" and info.get("blocked_by"):
+            state += f"\nby {', '.join(info['blocked_by'])}"
+        table.add_row(name, state, _clock(info.get("started_at"), day), _clock(info.get("finished_at"), day),
+                      _duration(info, now), _attempts_text(info), nodes_text(info.get("nodes") or []),
+                      info.get("fingerprint", "")[:12], format_metrics(info.get("metrics")),
+                      (info.get("mlflow_run_id") or "")[:12])
     return table
 
 

@@ -21,15 +21,24 @@ then ~/.ray/auth_token, and is sent as `Authorization: Bearer ...` unless RAY_AU
 Ray's client sends it only when RAY_AUTH_MODE=token; a head started by `ray start --head` on a
 machine that has ~/.ray/auth_token enables token mode on its own, so sending the token whenever
 one exists is what makes `submit` work against such a head without further setup.
+
+Before the real job, `submit` runs a check job (`facerestore-check-<run id>`) with the same
+runtime_env whose entrypoint is `facerestore version`: a head started from a virtualenv that was
+not activated has no `facerestore` on its PATH, and the real job would fail only on the cluster
+with `/bin/sh: 1: facerestore: not found`. The check compares the version it prints with this
+checkout's, names what is missing, and is deleted from the job list afterwards (`--no-check`
+skips it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import re
 import shlex
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +54,14 @@ EXCLUDES = [".venv", ".git", ".facerestore", "__pycache__", ".pytest_cache", "*.
             "build", "dist"]
 
 JOB_PREFIX = "facerestore-"
+CHECK_PREFIX = f"{JOB_PREFIX}check-"
+CHECK_ENTRYPOINT = "facerestore version"
+# How long `submit` waits for its check job; with --pip the job's first pip install happens in it.
+CHECK_TIMEOUT_S, CHECK_TIMEOUT_PIP_S = 120.0, 900.0
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray 2.60's job manager re-adds a job deleted right after it ended (its monitor finds the supervisor actor
+# gone and the status missing, and writes FAILED, within about a second): watch this long and delete again.
+DELETE_SETTLE_S = 5.0
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # Environment variables a job may not be given through --env: runtime_env env vars are shown
@@ -185,6 +202,54 @@ def build_submission(config: Path, config_name: str, store: str, stages: list[st
         metadata={"facerestore.run_id": run_id, "facerestore.config": config_name, "facerestore.store": store})
 
 
+def installed_version() -> str | None:
+    """The facerestore version installed in this Python environment; None when it runs uninstalled."""
+    try:
+        return importlib.metadata.version("facerestore")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def checkout_version(project_dir: Path = PROJECT_DIR) -> str:
+    """What the cluster must run: the installed version, else (running uninstalled) the checkout's pyproject."""
+    return installed_version() or tomllib.loads((project_dir / "pyproject.toml").read_text())["project"]["version"]
+
+
+_CHECK_HINT = ("start the head (`ray start`) from an activated virtualenv with facerestore installed, pass --pip "
+               "to install the requirements in the job, or use the project's image (README: Run on a cluster); "
+               "--no-check skips this check")
+
+
+def check_verdict(job_id: str, status: str, logs: str, message: str, expected: str) -> str:
+    """The head's facerestore version from the check job's outcome; JobError saying what is missing."""
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    printed = [m.group(1) for line in lines if (m := re.fullmatch(r"facerestore (\S+)", line))]
+    if status == "SUCCEEDED" and printed:
+        if printed[-1] != expected:
+            raise JobError(f"the head runs facerestore {printed[-1]}, this checkout is {expected}: install this "
+                           "version on the cluster (rebuild the image, or reinstall it in the head's virtualenv) "
+                           "so the job runs with the dependencies this code expects; --no-check skips this check")
+        return printed[-1]
+    found = next((line for line in lines if "not found" in line and "facerestore" in line), None)
+    if found:
+        raise JobError(f"the head cannot run `facerestore`: {found} — {_CHECK_HINT}")
+    found = next((line for line in lines if "No such command" in line and "version" in line), None)
+    if found:
+        raise JobError(f"the head's facerestore is older than this checkout's {expected} (it has no `version` "
+                       f"command) — {_CHECK_HINT}")
+    found = next((line for line in reversed(lines) if re.search(r"\w+(Error|Exception):", line)), None)
+    if found:
+        raise JobError(f"the head's `facerestore` cannot start: {found} — {_CHECK_HINT}")
+    detail = message.strip() or (lines[-1] if lines else "no output")
+    raise JobError(f"the check job {job_id} ({CHECK_ENTRYPOINT}) ended {status} without printing a version: "
+                   f"{shorten_text(detail)} — {_CHECK_HINT}")
+
+
+def shorten_text(text: str, width: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def auth_headers() -> dict[str, str]:
     """`Authorization: Bearer <token>` from Ray's own token sources; none when auth is disabled or no token exists."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
@@ -297,3 +362,48 @@ class Jobs:
         """True if a running job was asked to stop; False if it had already ended."""
         with _talking_to(self.address, f"job '{job_id}'", job_id):
             return bool(self.client.stop_job(job_id))
+
+    def delete(self, job_id: str) -> bool:
+        """Remove an ended job from the job list (its log files stay on the head)."""
+        with _talking_to(self.address, f"deleting job '{job_id}'", job_id):
+            return bool(self.client.delete_job(job_id))
+
+    def delete_for_good(self, job_id: str, settle_s: float = DELETE_SETTLE_S, poll_s: float = 0.25) -> None:
+        """Delete an ended job, and again if Ray's job manager puts it back (see DELETE_SETTLE_S)."""
+        self.delete(job_id)
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            try:
+                self.status(job_id)
+            except JobError:
+                continue  # still gone
+            self.delete(job_id)  # put back by the job manager's last look at it, which it does only once
+            return
+
+    def check_head(self, submission: Submission, timeout_s: float, poll_s: float = 0.5,
+                   expected: str | None = None, settle_s: float = DELETE_SETTLE_S) -> str:
+        """Run `facerestore version` as a job with the submission's runtime_env and wait for it (at most
+        `timeout_s`); the head's facerestore version, or JobError saying what the head lacks."""
+        expected = expected or checkout_version()
+        job_id = f"{CHECK_PREFIX}{submission.run_id}"
+        with _talking_to(self.address, f"submitting the check job {job_id}"):
+            self.client.submit_job(entrypoint=CHECK_ENTRYPOINT, submission_id=job_id,
+                                   runtime_env=submission.runtime_env,
+                                   metadata={"facerestore.check_for": submission.job_id})
+        deadline = time.monotonic() + timeout_s
+        while (status := self.status(job_id)) not in TERMINAL:
+            if time.monotonic() >= deadline:
+                self.stop(job_id)  # left in the job list: its logs show where it got stuck
+                raise JobError(f"the check job {job_id} ({CHECK_ENTRYPOINT}) did not finish within {timeout_s:g} s "
+                               f"(still {status}); see `facerestore logs {job_id} --address {self.address}`, "
+                               "pass a longer --check-timeout, or --no-check to skip the check")
+            time.sleep(poll_s)
+        logs = self.logs(job_id)
+        with _talking_to(self.address, f"job '{job_id}'", job_id):
+            message = self.client.get_job_info(job_id).message or ""
+        try:
+            self.delete_for_good(job_id, settle_s)
+        except JobError:
+            pass  # a probe left in the job list is clutter, not a reason to refuse the submission
+        return check_verdict(job_id, status, logs, message, expected)

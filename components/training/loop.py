@@ -4,6 +4,10 @@ It owns device placement, DDP wrapping of `method.networks()`, bf16 autocast on 
 checkpoint save / resume (`ray.train.get_checkpoint()`), `ray.train.report`, MLflow
 metrics from rank 0 and live progress. A method owns only its maths (`training_step`).
 
+Rank 0's MLflow metrics go through a background sender (components/tracking/buffered.py):
+a tracking server that is down never stalls or fails training; the last report carries
+`tracking_sent`, `tracking_dropped` and `tracking_unreachable_s`.
+
 bf16 needs no gradient scaler (its exponent range is fp32's), so none is used; fp16 is not
 offered.
 """
@@ -32,6 +36,8 @@ def train_loop(config: dict[str, Any]) -> None:
     spec: TrainSpec = config["spec"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if spec.progress is not None:
+        spec.progress.ran_on_this_node()
     torch.manual_seed(spec.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     method = build_method(spec.method, spec.method_config, spec.upstream)
@@ -57,9 +63,11 @@ def train_loop(config: dict[str, Any]) -> None:
             if step % spec.log_every == 0 or step == spec.steps:
                 logger.log(step, epoch=epoch, resumed_from=start)
         if step % spec.checkpoint_every == 0 or step == spec.steps:
-            report(method, step, metrics, start, rank)
+            # The last report waits for rank 0's queued metrics (bounded), so its counts are final.
+            last = step == spec.steps and logger is not None
+            report(method, step, metrics, start, rank, logger.finish() if last else None)
     if step == start:  # resumed after the last step: hand the final checkpoint back again
-        report(method, step, metrics, start, rank)
+        report(method, step, metrics, start, rank, logger.finish() if logger else None)
 
 
 def place_networks(method: Any, device: torch.device) -> None:
@@ -120,9 +128,11 @@ def with_unpaired(batches: Iterator[tuple[dict[str, torch.Tensor], int]],
         yield {**batch, **{f"unpaired_{key}": value for key, value in other.items()}}, epoch
 
 
-def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: int) -> None:
-    """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint."""
-    values = {**metrics, "step": step, "resumed_from": start}
+def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: int,
+           tracking: dict[str, float] | None = None) -> None:
+    """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint. `tracking`: the
+    MLflow sender's counts, in the report only (the checkpoint's metrics are the losses)."""
+    values = {**metrics, **(tracking or {}), "step": step, "resumed_from": start}
     with tempfile.TemporaryDirectory() as directory:
         saved = None
         if rank == 0:
@@ -142,11 +152,12 @@ class MetricLogger:
         self.spec = spec
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.client = None
+        self.sender = None
         if spec.tracking_uri and spec.mlflow_run_id:
-            from mlflow.tracking import MlflowClient
+            from components.tracking.buffered import flush_timeout_s, sender_for_run
 
-            self.client = MlflowClient(spec.tracking_uri)
+            self.flush_s = flush_timeout_s()  # read now: a bad value fails the start, not the end, of training
+            self.sender = sender_for_run(spec.tracking_uri, spec.mlflow_run_id)
 
     def add(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -156,11 +167,27 @@ class MetricLogger:
     def log(self, step: int, **extra: Any) -> None:
         means = {key: total / max(self.count, 1) for key, total in self.sums.items()}
         self.sums, self.count = {}, 0
-        if self.client is not None:
-            from components.tracking.runs import log_metrics
-
-            log_metrics(self.client, self.spec.mlflow_run_id, means, step=step)
+        if self.sender is not None:
+            self.sender.put(means, step)  # queued: a server that is down costs training nothing
         self.progress(step, means, **extra)
+
+    def finish(self) -> dict[str, float]:
+        """Waits (FACERESTORE_TRACKING_FLUSH_S, 120 s by default) for the queued metrics to reach the
+        server; the sender's counts, for the stage's metrics. Idempotent."""
+        if self.sender is None:
+            return {}
+        waited = []
+
+        def waiting(pending: int, unreachable_s: float) -> None:
+            waited.append(pending)
+            if self.spec.progress is not None:
+                self.spec.progress.update(message=f"sending {pending} queued metrics to MLflow "
+                                                  f"(unreachable for {unreachable_s:.0f} s)")
+
+        sent = self.sender.close(self.flush_s, on_wait=waiting)
+        if waited and self.spec.progress is not None:  # replace the waiting line with its outcome
+            self.spec.progress.update(message=f"MLflow metrics: {sent.sent} sent, {sent.dropped} dropped")
+        return sent.metrics()
 
     def progress(self, step: int, metrics: dict[str, float], **extra: Any) -> None:
         if self.spec.progress is not None:

@@ -2,7 +2,8 @@
 
 A stage module provides `Config` (a pydantic model of its config section), `CODE_VERSION`
 (bump it when the stage's output for the same config changes) and
-`run(ctx, cfg, inputs) -> StageOutput`.
+`run(ctx, cfg, inputs) -> StageOutput` and `resources(cfg) -> {"CPU": n, "GPU": n}`, what the
+runner admits the stage for when stages run at once.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ class Config(BaseModel):
                                           description="weights of LPIPS / FID / identity; unset = unavailable")
 
 
+def resources(cfg: Config) -> dict[str, float]:
+    """The scoring runs in the stage's own process, on one CPU."""
+    return {"CPU": 1.0}
+
+
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.metrics.learned import LearnedMetrics
     from components.metrics.report import Report

@@ -23,6 +23,11 @@ class Config(BaseModel):
     higher_is_better: bool = True
 
 
+def resources(cfg: Config) -> dict[str, float]:
+    """Calls to the tracking server only."""
+    return {}
+
+
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.tracking.registry import Candidate, register
     from pipelines.stages.inputs import one_of_kind

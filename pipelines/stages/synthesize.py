@@ -36,6 +36,11 @@ class Config(SampleConfig):
     seed: int = 0
 
 
+def resources(cfg: Config) -> dict[str, float]:
+    """One shard task's CPU: the stage starts with one and Ray gives its other tasks whatever is free."""
+    return {"CPU": 1.0}
+
+
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.data.sources import list_items
 
@@ -45,7 +50,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     pending = {}
     for index in range(shards):
         chunk = items[index * cfg.shard_size:(index + 1) * cfg.shard_size]
-        pending[task.remote(chunk, cfg.seed, cfg, cfg.limits, ctx.path(shard_path(index)))] = index
+        pending[task.remote(chunk, cfg.seed, cfg, cfg.limits, ctx.path(shard_path(index)), ctx.progress)] = index
     infos: dict[int, Any] = {}
     done = 0
     ctx.progress.update(done=0, total=len(items), unit="samples")
@@ -73,7 +78,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
 
 
 @ray.remote(num_cpus=1, max_retries=3)
-def make_shard(items: list[SourceItem], seed: int, cfg: SampleConfig, limits: ImageLimits, uri: str):
+def make_shard(items: list[SourceItem], seed: int, cfg: SampleConfig, limits: ImageLimits, uri: str, progress: Any = None):
     import cv2
 
     from components.data.samples import make_rows
@@ -82,6 +87,8 @@ def make_shard(items: list[SourceItem], seed: int, cfg: SampleConfig, limits: Im
     # One CPU per task: OpenCV's own thread pool would otherwise oversubscribe the cores
     # the other tasks hold (Ray's OMP_NUM_THREADS does not reach it).
     cv2.setNumThreads(1)
+    if progress is not None:
+        progress.ran_on_this_node()
     if shard_exists(uri):
         return describe_shard(uri)
     images, skipped = source_images(items, seed, cfg.resolution, limits)

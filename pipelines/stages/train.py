@@ -47,6 +47,11 @@ class Config(BaseModel):
         return {**self.model, **({} if self.lr is None else {"lr": self.lr})}
 
 
+def resources(cfg: Config) -> dict[str, float]:
+    """What the runner admits the stage for: the worker group Ray Train will place."""
+    return {"CPU": cfg.workers * cfg.cpus_per_worker, "GPU": float(cfg.workers) if cfg.use_gpu else 0.0}
+
+
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components import storage
     from components.data.ray_dataset import shard_dataset
@@ -81,11 +86,13 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     data = save_trained(ctx, trained, shards)
     publish_samples(ctx, trained)
     losses = {k: float(v) for k, v in result.state["metrics"].items()}
+    # rank 0's MLflow sender: metrics sent, dropped (never confirmed), seconds the server was unreachable
+    tracking = {k: v for k, v in result.metrics.items() if k.startswith("tracking_")}
     return StageOutput(
         artifact="model",
         count=int(result.state["step"]),
         step=int(result.state["step"]),
-        metrics={**losses, "step": int(result.state["step"]), "resumed_from": resumed_from},
+        metrics={**losses, **tracking, "step": int(result.state["step"]), "resumed_from": resumed_from},
         details={"method": cfg.method, "task": trained.task, "data": data, "parameters": count_parameters(trained),
                  "ray_train_run": run_name, "ray_train_storage": storage_path, "resumed_from": resumed_from},
     )

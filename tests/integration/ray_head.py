@@ -8,6 +8,7 @@ machine. `facerestore` commands run as a user runs them: a subprocess with the h
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -106,13 +107,24 @@ def stop_session(process: subprocess.Popen, grace: float = 5) -> None:
     process.wait()
 
 
+def without_venv_bin(path: str) -> str:
+    """PATH without this virtualenv's bin directory: a shell in which the virtualenv was not activated."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    return os.pathsep.join(p for p in path.split(os.pathsep) if p and Path(p).resolve() != venv_bin)
+
+
 @contextmanager
-def running_head(num_cpus: int = 2) -> Iterator[Head]:
+def running_head(num_cpus: int = 2, venv_on_path: bool = True, env: dict[str, str] | None = None) -> Iterator[Head]:
+    """venv_on_path=False: the head is started as `.venv/bin/ray start` from a shell that did not activate
+    the virtualenv, so a job's shell finds no `facerestore` command (Ray itself runs the venv's Python).
+    env: more variables for the node, which its Ray workers inherit (a cluster's S3 endpoint and keys)."""
     # Short: Ray's unix sockets live under the temp dir, and socket paths are limited to 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))
     token = secrets.token_hex(16)
     gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env_agent, client = free_ports(7)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **(env or {}))
+    if not venv_on_path:
+        env["PATH"] = without_venv_bin(env["PATH"])
     log = temp_dir / "head.log"
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(num_cpus),
@@ -131,10 +143,85 @@ def running_head(num_cpus: int = 2) -> Iterator[Head]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@dataclass
+class WorkerNode:
+    ip: str  # its own loopback address, what the run record's `nodes` name it by
+    process: subprocess.Popen  # `ray start --block`, the leader of the node's session
+    log: Path
+
+    def kill(self) -> list[int]:
+        """SIGKILL every process of the node's session at once (raylet, object store, its Ray workers,
+        agents): the node is lost as a machine is, with no word to the GCS; the pids."""
+        members = session_processes(self.process.pid)
+        for proc in members:
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        return [proc.pid for proc in members]
+
+
+def cluster_nodes(head: Head) -> list[dict]:
+    """The nodes the head's GCS knows (state API): node_ip, node_id, state ALIVE / DEAD, resources_total."""
+    request = urllib.request.Request(f"{head.url}/api/v0/nodes?limit=100",
+                                     headers={"Authorization": f"Bearer {head.env['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"]["result"]["result"]
+
+
+@contextmanager
+def running_worker_node(head: Head, num_cpus: int, ip: str = "127.0.0.2", env: dict[str, str] | None = None,
+                        object_store_mb: int = 512) -> Iterator[WorkerNode]:
+    """A second node of `head`'s cluster on this machine: `ray start --address --block` with its own temp
+    dir (object store, sockets, logs) in a session of its own, stopped through that session.
+
+    It listens on `ip`, another loopback address (all of 127.0.0.0/8 reaches this machine), so that
+    the two nodes have different IPs, as two machines would: a run record's `nodes` then tells them
+    apart, and a driver on this machine joins the head's raylet (127.0.0.1), not this one.
+    env: more variables for the node, which its Ray workers inherit (a cluster's S3 endpoint and keys).
+    """
+    temp_dir = Path(tempfile.mkdtemp(prefix="fr-rayw-", dir="/tmp"))
+    agent_http, agent_grpc, metrics, runtime_env_agent = free_ports(4)
+    node_env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.env["RAY_AUTH_TOKEN"], **(env or {}))
+    log = temp_dir / "worker.log"
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--address", head.gcs, "--block",
+               "--node-ip-address", ip, "--num-cpus", str(num_cpus),
+               "--object-store-memory", str(object_store_mb * 1024 * 1024),
+               "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env_agent),
+               "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=node_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    node = WorkerNode(ip, process, log)
+    try:
+        deadline = time.time() + 120
+        while not any(n["node_ip"] == ip and n["state"] == "ALIVE" for n in cluster_nodes(head)):
+            if process.poll() is not None:
+                raise AssertionError(f"`ray start --address` exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                raise AssertionError(f"node {ip} not alive in the cluster after 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield node
+    finally:
+        stop_session(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def head():
     with running_head(num_cpus=2) as started:
         yield started
+
+
+def job_ids(head: Head) -> list[str]:
+    """The submission ids in the head's job list."""
+    request = urllib.request.Request(f"{head.url}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {head.env['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [job["submission_id"] for job in json.load(response)]
 
 
 def facerestore(head: Head, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.store import Store
-from tests.integration.ray_head import facerestore, follow, head, submit  # noqa: F401 (head: a fixture)
+from tests.integration.ray_head import (facerestore, follow, head, job_ids, running_head,  # noqa: F401 (head: a fixture)
+                                        submit)
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +37,24 @@ def one_stage_config(directory: Path, store: Path) -> Path:
     return directory / "synth.yaml"
 
 
+def test_a_head_that_cannot_run_facerestore_is_refused_before_any_pipeline_job_is_sent(tmp_path):
+    """Started as `.venv/bin/ray start` without activating the virtualenv, the head has no `facerestore`
+    on its PATH: the job would fail only on the cluster. First in the file, so it has its head to itself."""
+    with running_head(num_cpus=1, venv_on_path=False) as bare:
+        assert shutil.which("facerestore", path=bare.env["PATH"]) is None  # else this head could run it
+        done = facerestore(bare, "submit", str(DEMO), "--set", f"store={tmp_path}/store", *TINY, "--only",
+                           "synthesize", "--address", bare.url)
+        listed = job_ids(bare)
+        time.sleep(3)  # Ray's job manager puts a job deleted right after it ended back within ~2 s
+        listed_later = job_ids(bare)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the head cannot run `facerestore`: /bin/sh: 1: facerestore: not found" in done.stdout
+    assert "activated virtualenv" in done.stdout and "--pip" in done.stdout and "--no-check" in done.stdout
+    assert "job id:" not in done.stdout
+    assert listed == [] and listed_later == []  # no pipeline job, and the check job deleted for good
+    assert not (tmp_path / "store" / "runs").exists()
+
+
 @pytest.fixture(scope="module")
 def first_job(head, tmp_path_factory):
     store = tmp_path_factory.mktemp("submit") / "store"
@@ -42,10 +63,12 @@ def first_job(head, tmp_path_factory):
     return store, job_id, run_id, followed
 
 
-def test_submit_prints_a_job_id_derived_from_the_pipeline_run_id(first_job):
+def test_submit_prints_a_job_id_derived_from_the_pipeline_run_id(first_job, head):
     _, job_id, run_id, _ = first_job
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id)
     assert job_id == f"facerestore-{run_id}"
+    listed = job_ids(head)
+    assert job_id in listed and f"facerestore-check-{run_id}" not in listed  # the check passed and was deleted
 
 
 def test_following_the_job_streams_the_run_until_it_succeeds(first_job):

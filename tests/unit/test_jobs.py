@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shlex
+import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import typer
@@ -11,8 +14,9 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.config import load_config
-from pipelines.jobs import (EXCLUDES, PROJECT_DIR, JobError, RunOptions, _address_wins, auth_headers,
-                            build_submission, default_working_dir, entrypoint, job_server_address, parse_env,
+from pipelines.jobs import (CHECK_PREFIX, EXCLUDES, PROJECT_DIR, JobError, Jobs, RunOptions, Submission,
+                            _address_wins, auth_headers, build_submission, check_verdict, checkout_version,
+                            default_working_dir, entrypoint, installed_version, job_server_address, parse_env,
                             project_requirements)
 from pipelines.runner import Runner, plan
 from pipelines.store import Store
@@ -160,36 +164,180 @@ def test_without_an_address_the_error_names_the_option_and_ray_address(monkeypat
     assert "--address http://HEAD:8265" in result.output and "RAY_ADDRESS" in result.output
 
 
-class FakeClient:
-    """Stands in for ray's JobSubmissionClient: records what the CLI sends."""
+class FakeCluster:
+    """Stands in for ray's JobSubmissionClient: records what the CLI sends; the check job ends as `check` says
+    (status, logs, job info message), by default like a head that runs this checkout's facerestore. Like
+    Ray 2.60's job manager, it puts a job deleted right after it ended back once, as FAILED."""
 
-    sent: dict = {}
+    def __init__(self):
+        self.address, self.headers = None, None
+        self.jobs: dict[str, dict] = {}  # submission id -> what submit_job got, in order
+        self.deleted: list[str] = []  # each delete_job call
+        self.gone: set[str] = set()
+        self.stopped: list[str] = []
+        self.check = ("SUCCEEDED", f"facerestore {checkout_version()}\n", "")
+        self.puts_back = True
 
-    def __init__(self, address, headers=None, **kwargs):
-        FakeClient.sent = {"address": address, "headers": headers}
+    def client(self, address, headers=None, **kwargs):
+        self.address, self.headers = address, headers
+        return _FakeClient(self)
+
+
+class _FakeClient:
+    def __init__(self, cluster: FakeCluster):
+        self.cluster = cluster
 
     def submit_job(self, **kwargs):
-        FakeClient.sent.update(kwargs)
+        self.cluster.jobs[kwargs["submission_id"]] = kwargs
         return kwargs["submission_id"]
 
+    def _is_check(self, job_id):
+        assert job_id in self.cluster.jobs, job_id
+        if job_id in self.cluster.gone:
+            if not self.cluster.puts_back or self.cluster.deleted.count(job_id) > 1:
+                raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
+            self.cluster.gone.remove(job_id)
+            self.cluster.check = ("FAILED", *self.cluster.check[1:])  # "Job supervisor actor died"
+        return job_id.startswith(CHECK_PREFIX)
 
-def test_submit_command_sends_the_run_and_prints_the_job_id_and_the_run_id(monkeypatch, tmp_path):
+    def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        return JobStatus(self.cluster.check[0] if self._is_check(job_id) else "PENDING")
+
+    def get_job_logs(self, job_id):
+        return self.cluster.check[1] if self._is_check(job_id) else ""
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(message=self.cluster.check[2] if self._is_check(job_id) else "")
+
+    def stop_job(self, job_id):
+        self.cluster.stopped.append(job_id)
+        return True
+
+    def delete_job(self, job_id):
+        self._is_check(job_id)  # a job that is gone cannot be deleted
+        self.cluster.deleted.append(job_id)
+        self.cluster.gone.add(job_id)
+        return True
+
+
+@pytest.fixture
+def cluster(monkeypatch):
     import ray.job_submission
 
-    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeClient)
+    fake = FakeCluster()
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", fake.client)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    result = CliRunner().invoke(app, ["submit", str(DEMO), "--set", f"store={tmp_path}/store", "--only", "synthesize",
-                                      "--env", "FACERESTORE_RAY_LOGS=1", "--address", "http://head:8265"],
-                                env={"COLUMNS": "250"})
+    return fake
+
+
+def submit_demo(tmp_path, *extra):
+    return CliRunner().invoke(app, ["submit", str(DEMO), "--set", f"store={tmp_path}/store", "--only", "synthesize",
+                                    "--env", "FACERESTORE_RAY_LOGS=1", "--address", "http://head:8265", *extra],
+                              env={"COLUMNS": "250"})
+
+
+def test_submit_command_sends_the_run_and_prints_the_job_id_and_the_run_id(cluster, tmp_path):
+    result = submit_demo(tmp_path)
     assert result.exit_code == 0, result.output
-    sent = FakeClient.sent
+    _, job_id = list(cluster.jobs)  # the check job, then the pipeline's
+    sent = cluster.jobs[job_id]
     run_id = sent["metadata"]["facerestore.run_id"]
     assert f"job id: facerestore-{run_id}" in result.output and f"pipeline run id: {run_id}" in result.output
-    assert sent["address"] == "http://head:8265" and sent["submission_id"] == f"facerestore-{run_id}"
+    assert cluster.address == "http://head:8265" and job_id == f"facerestore-{run_id}"
     params = parse_run(sent["entrypoint"])
     assert params["only"] == "synthesize" and params["run_id"] == run_id and params["set_"] == [f"store={tmp_path}/store"]
     assert sent["runtime_env"]["env_vars"] == {"FACERESTORE_RAY_LOGS": "1"}
     assert f"facerestore status {run_id} --store {tmp_path}/store" in result.output
+
+
+def test_submit_first_runs_facerestore_version_with_the_jobs_runtime_env_then_deletes_that_check(cluster, tmp_path):
+    result = submit_demo(tmp_path, "--pip")
+    assert result.exit_code == 0, result.output
+    check_id, job_id = list(cluster.jobs)  # the check goes first
+    check, real = cluster.jobs[check_id], cluster.jobs[job_id]
+    assert check_id == f"facerestore-check-{real['metadata']['facerestore.run_id']}"
+    assert check["entrypoint"] == "facerestore version"
+    assert check["runtime_env"] == real["runtime_env"] and "pip" in check["runtime_env"]  # same working_dir, pip, env
+    assert cluster.deleted == [check_id, check_id] and cluster.gone == {check_id}  # deleted again once put back
+    assert not cluster.stopped
+
+
+def test_a_deleted_check_job_that_stays_gone_is_deleted_once(cluster):
+    cluster.puts_back = False
+    Jobs("http://head:8265").check_head(a_submission(), timeout_s=5, settle_s=0.3)
+    assert cluster.deleted == ["facerestore-check-r1"] and cluster.gone == {"facerestore-check-r1"}
+
+
+def test_a_head_without_facerestore_on_its_path_refuses_the_submission_and_says_what_to_do(cluster, tmp_path):
+    cluster.check = ("FAILED", "Running entrypoint for job x: facerestore version\n/bin/sh: 1: facerestore: not found\n",
+                     "Job entrypoint command failed with exit code 127")
+    result = submit_demo(tmp_path)
+    assert result.exit_code == 2
+    assert "the head cannot run `facerestore`: /bin/sh: 1: facerestore: not found" in result.output
+    assert "activated virtualenv" in result.output and "--pip" in result.output and "image" in result.output
+    assert [job for job in cluster.jobs if not job.startswith(CHECK_PREFIX)] == []  # the pipeline job was not sent
+    assert cluster.gone == set(cluster.jobs)
+
+
+def test_no_check_submits_the_job_alone(cluster, tmp_path):
+    cluster.check = ("FAILED", "/bin/sh: 1: facerestore: not found\n", "")
+    result = submit_demo(tmp_path, "--no-check")
+    assert result.exit_code == 0, result.output
+    assert len(cluster.jobs) == 1 and not next(iter(cluster.jobs)).startswith(CHECK_PREFIX)
+
+
+def a_submission() -> Submission:
+    return build_submission(DEMO, "demo", "s3://b/p", STAGES, RunOptions(), "r1", PROJECT_DIR)
+
+
+def test_a_check_job_that_does_not_finish_in_time_is_stopped_and_named(cluster, monkeypatch):
+    cluster.check = ("PENDING", "", "")
+    jobs = Jobs("http://head:8265")
+    with pytest.raises(JobError, match=r"the check job facerestore-check-r1 \(facerestore version\) did not finish "
+                                       r"within 0 s \(still PENDING\).*--check-timeout.*--no-check"):
+        jobs.check_head(a_submission(), timeout_s=0)
+    assert cluster.stopped == ["facerestore-check-r1"] and cluster.deleted == []  # its logs stay readable
+
+
+def test_the_check_returns_the_heads_version_when_it_matches(cluster):
+    logs = "Running entrypoint for job facerestore-check-r1: facerestore version\nfacerestore 9.9.9\n"
+    cluster.check = ("SUCCEEDED", logs, "")
+    assert Jobs("http://head:8265").check_head(a_submission(), timeout_s=5, expected="9.9.9") == "9.9.9"
+
+
+@pytest.mark.parametrize("status,logs,message,expected", [
+    ("SUCCEEDED", "facerestore 0.0.9\n", "", r"the head runs facerestore 0\.0\.9, this checkout is 0\.1\.0: install"),
+    ("FAILED", "bash: line 1: facerestore: command not found\n", "",
+     r"cannot run `facerestore`: bash: line 1: facerestore: command not found — start the head"),
+    ("FAILED", "Usage: facerestore [OPTIONS] COMMAND [ARGS]...\nError: No such command 'version'.\n", "",
+     r"the head's facerestore is older than this checkout's 0\.1\.0 \(it has no `version` command\)"),
+    ("FAILED", "Traceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'typer'\n", "",
+     r"the head's `facerestore` cannot start: ModuleNotFoundError: No module named 'typer' — .*--pip"),
+    ("FAILED", "", "runtime_env setup failed: pip install exited 1",
+     r"check job c1 \(facerestore version\) ended FAILED without printing a version: runtime_env setup failed"),
+])
+def test_what_the_check_job_shows_becomes_a_message_naming_what_is_missing(status, logs, message, expected):
+    with pytest.raises(JobError, match=expected):
+        check_verdict("c1", status, logs, message, "0.1.0")
+
+
+def test_version_prints_the_installed_version_that_the_check_compares():
+    result = CliRunner().invoke(app, ["version"])
+    assert result.exit_code == 0 and result.output.strip() == f"facerestore {installed_version()}"
+    assert installed_version() == importlib.metadata.version("facerestore")
+
+
+def test_running_uninstalled_the_checkout_version_is_pyprojects_and_version_says_it_is_not_installed(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert installed_version() is None
+    assert checkout_version() == tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["version"]
+    result = CliRunner().invoke(app, ["version"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "facerestore is not installed" in result.output
 
 
 def test_submit_with_a_bad_config_key_fails_before_contacting_the_cluster(monkeypatch):
