@@ -14,8 +14,8 @@ Layout of a pipeline YAML::
       synthesize: {source: {kind: procedural, count: 96}}   # `kind` defaults to the stage's name
       train_baseline: {kind: train, needs: [synthesize], method: baseline, retries: 2}
 
-`retries` / `retry_backoff_s` sit beside `kind` and `needs`: how the runner treats a stage, not
-part of its config or fingerprint. `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
+`retries` / `retry_backoff_s` / `stall_timeout_s` sit beside `kind` and `needs`: how the runner
+treats a stage, not part of its config or fingerprint. `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
 
 A recipe may name presets: sets of the same dotted overrides, chosen with `--preset NAME`
 and applied before any `--set` (so a `--set` still wins)::
@@ -77,6 +77,7 @@ class StageSection(Strict):
     config: Any  # the stage kind's own pydantic model
     retries: int = Field(0, ge=0, description="attempts after the first, for transient faults only")
     retry_backoff_s: float = Field(10.0, ge=0, description="wait before the first retry; doubled for each further one")
+    stall_timeout_s: float | None = Field(None, gt=0, description="this stage's own execution.stall_timeout_s")
 
 
 class PipelineConfig(Strict):
@@ -174,7 +175,7 @@ def parse_stage(name: str, body: dict) -> StageSection:
     kind = body.pop("kind", name)
     needs = body.pop("needs", [])
     # How the runner treats the stage, not what it computes: kept out of its config and fingerprint.
-    retry = {key: body.pop(key) for key in ("retries", "retry_backoff_s") if key in body}
+    retry = {key: body.pop(key) for key in ("retries", "retry_backoff_s", "stall_timeout_s") if key in body}
     if kind not in STAGE_KINDS:
         raise ConfigError(f"stages.{name}.kind: unknown stage kind '{kind}' (allowed: {', '.join(STAGE_KINDS)})")
     if isinstance(needs, str):

@@ -270,8 +270,9 @@ class Execution:
             if fields.get("nodes"):
                 info["nodes"] = list(fields["nodes"])
             last = max(info["attempts"][-1]["started_at"], fields.get("updated_at", 0.0))
-            if now - last > self.options["stall_timeout_s"] and name not in self.stalled:
-                self.stalled[name] = f"no progress for {now - last:.0f} s (execution.stall_timeout_s)"
+            limit = self.cfg.stages[name].stall_timeout_s or self.options["stall_timeout_s"]
+            if now - last > limit and name not in self.stalled:
+                self.stalled[name] = f"no progress for {now - last:.0f} s (stall_timeout_s {limit:g})"
                 ray.cancel(ref, force=True)
         self.renew_leases()
         self.save()

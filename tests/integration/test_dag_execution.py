@@ -157,3 +157,23 @@ def test_a_stage_whose_process_dies_is_retried_and_the_attempts_are_recorded(tmp
     assert "WorkerCrashedError" in tags["facerestore.attempt_1.error"]
     shards = Store(load_config(config).store).artifact("synthesize", info["fingerprint"])
     assert shards.manifest["count"] == 960
+
+
+def test_a_stage_without_progress_is_stopped_as_stalled_retried_and_frees_its_cpus(tmp_path, ray_address):
+    import ray
+
+    config = branching_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    # Ray Train takes ~10 s to start the loop; no step is reported before then, so 3 s is a stall.
+    raw["stages"] = {"synthesize": raw["stages"]["synthesize"],
+                     "train_a": {**raw["stages"]["train_a"], "retries": 1, "retry_backoff_s": 0, "stall_timeout_s": 3}}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(RunFailed) as failure:
+        run(config)
+    assert list(failure.value.failed) == ["train_a"] and "StageStalled" in failure.value.failed["train_a"]
+    attempts = Store(load_config(config).store).load_run(failure.value.run_id)["stages"]["train_a"]["attempts"]
+    assert len(attempts) == 2 and all(a["retryable"] and "no progress for" in a["error"] for a in attempts)
+    deadline = time.time() + 60  # the cancelled trainers' placement groups go back to the cluster
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
