@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/facerestore run pipelines/configs/demo.yaml
 
-# pytest exits 5 when it collects no test; that is not a failure of the code under test.
+# Lint first (a red lint fails CI too); pytest exits 5 when it collects no test, which is not a
+# failure of the code under test.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q || [ $$? -eq 5 ]
 
 test-unit: $(STAMP)

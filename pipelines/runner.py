@@ -309,7 +309,6 @@ class Execution:
         return False
 
     def launch(self, name: str) -> None:
-        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         entry, info = self.entries[name], self.info(name)

@@ -21,7 +21,8 @@ import struct
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Callable, Iterable, Iterator, Literal, NamedTuple, Union
+from typing import Annotated, Literal, NamedTuple, Union
+from collections.abc import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np

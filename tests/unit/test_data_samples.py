@@ -1,6 +1,5 @@
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from components.data.decode import table_to_arrays
 from components.data.masks import MaskConfig
