@@ -86,7 +86,7 @@ class Report:
         return out.getvalue()
 
     def html(self) -> str:
-        parts = [f"<html><head><meta charset='utf-8'><title>facerestore benchmark</title></head><body>",
+        parts = ["<html><head><meta charset='utf-8'><title>facerestore benchmark</title></head><body>",
                  f"<h1>Benchmark: {self.samples} '{html.escape(self.split)}' samples</h1>"]
         for task, report in self.tasks.items():
             parts += [f"<h2>{html.escape(task)}</h2>", html_table(report.scores)]
