@@ -40,12 +40,26 @@ def detail_text(fields: dict[str, Any]) -> str:
 
 def live_table(record: dict[str, Any], progress: dict[str, dict[str, Any]]) -> Table:
     table = Table(title=f"pipeline run {record['run_id']} ({record['config_name']})", expand=False)
-    for column in ("stage", "state", "progress", "detail"):
+    for column in ("stage", "state", "progress", "detail", "nodes"):
         table.add_column(column)
     for name, info in record["stages"].items():
         fields = progress.get(name, {})
-        table.add_row(name, styled(info["state"]), progress_text(fields), detail_text(fields))
+        table.add_row(name, styled(info["state"]), progress_text(fields), live_detail(info, fields),
+                      ", ".join(fields.get("nodes") or info.get("nodes") or []))
     return table
+
+
+def live_detail(info: dict[str, Any], fields: dict[str, Any]) -> str:
+    """What a stage is doing, or what it waits for (another run's lease, a retry, a failed upstream)."""
+    if info["state"] == "waiting":
+        return f"waiting for run {info.get('waiting_for')} (its lease on this output)"
+    if info["state"] == "blocked":
+        return f"blocked by {', '.join(info.get('blocked_by') or [])}"
+    attempts = info.get("attempts") or []
+    if info["state"] == "pending" and attempts:
+        return f"attempt {len(attempts)} failed ({attempts[-1]['error'][:80]}); retrying"
+    detail = detail_text(fields)
+    return f"attempt {len(attempts)}  {detail}" if len(attempts) > 1 else detail
 
 
 class LiveView:
