@@ -24,9 +24,9 @@ import numpy as np
 
 from components.data.schema import encode_png
 from components.data.sources import SkippedImage, read_photo
+from components.tasks import Task, task_of
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-RESTORING_TASKS = ("restoration", "inpainting", "super_resolution")
 
 
 class RestoreError(ValueError):
@@ -40,8 +40,8 @@ class Restorer:
     sr_factor: int = 1
 
     @property
-    def task(self) -> str:
-        return self.method.task
+    def task(self) -> Task:
+        return task_of(self.method)
 
 
 @dataclass
@@ -59,12 +59,13 @@ def load_restorer(model_dir: str | Path) -> Restorer:
         method = load_model_dir(directory)
     except FileNotFoundError as err:
         raise RestoreError(f"no model at {directory}: {err}") from None
-    if method.task not in RESTORING_TASKS:
-        raise RestoreError(f"model at {directory} is a '{method.name}' ({method.task}): it does not restore photos")
+    task = task_of(method)
+    if not task.restores_photos:
+        raise RestoreError(f"model at {directory} is a '{method.name}' ({task.name}): it does not restore photos")
     data = config.get("data") or {}
     if "resolution" not in data:
         raise RestoreError(f"model at {directory} does not record its training resolution (config.json data.resolution)")
-    sr_factor = int(data.get("sr_factor") or 1) if method.task == "super_resolution" else 1
+    sr_factor = int(data.get("sr_factor") or 1) if task.scales else 1
     return Restorer(method, int(data["resolution"]), sr_factor)
 
 
@@ -72,17 +73,17 @@ def restore_photo(restorer: Restorer, photo: np.ndarray, mask: np.ndarray | None
     """uint8 RGB H x W x 3 (x sr_factor for super-resolution) from uint8 RGB H x W x 3."""
     import torch
 
+    task = restorer.task
+    if task.needs_mask and mask is None:
+        raise RestoreError(f"'{restorer.method.name}' is an {task.name} model: it needs a mask of the holes")
     height, width = photo.shape[:2]
     side = restorer.resolution // restorer.sr_factor
-    batch = {"lr" if restorer.task == "super_resolution" else "lq": _to_tensor(_resize(photo, side, side))}
-    if restorer.task == "inpainting":
-        holes = _resize(mask.astype(np.uint8), side, side, nearest=True)
-        batch["mask"] = torch.from_numpy(holes.astype(np.float32))[None, None]
-    elif restorer.task == "restoration":
-        batch["mask"] = torch.zeros(1, 1, side, side)
-    out = _to_image(restorer.method.restore(batch))
+    holes = None
+    if task.needs_mask:
+        holes = torch.from_numpy(_resize(mask.astype(np.uint8), side, side, nearest=True).astype(np.float32))[None, None]
+    out = _to_image(restorer.method.restore(task.inference_batch(_to_tensor(_resize(photo, side, side)), holes)))
     out = _resize(out, width * restorer.sr_factor, height * restorer.sr_factor)
-    if restorer.task == "inpainting":
+    if task.keeps_known:  # every known pixel at the photo's full resolution, only the holes from the network
         out = np.where(mask[..., None].astype(bool), out, photo)
     return out
 
@@ -100,14 +101,14 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def restore_paths(restorer: Restorer, inputs: Sequence[Path], out: Path, mask: Path | None = None) -> RestoreReport:
     """Each photo (folders searched recursively) restored to `out` as PNG; a bad file is listed, the rest go on."""
-    if restorer.task == "inpainting" and mask is None:
-        raise RestoreError(f"'{restorer.method.name}' is an inpainting model: give the holes with --mask")
+    if restorer.task.needs_mask and mask is None:
+        raise RestoreError(f"'{restorer.method.name}' is an {restorer.task.name} model: give the holes with --mask")
     report = RestoreReport()
     for photo_path, relative in _photos(inputs, report):
         target = (out / relative).with_suffix(".png")
         try:
             photo = read_photo(str(photo_path))
-            holes = read_mask(mask, photo.shape[:2]) if restorer.task == "inpainting" else None
+            holes = read_mask(mask, photo.shape[:2]) if restorer.task.needs_mask else None
             restored = restore_photo(restorer, photo, holes)
         except SkippedImage as err:
             report.failed.append((photo_path, err.reason))

@@ -11,8 +11,8 @@ through `self.nets[name]` at call time and never keeps a module reference of its
 `unwrapped(name)` gives the bare module for export and inference.
 
 Every tensor is float32 NCHW in [0, 1]; `mask` is (N, 1, H, W) with 1 = missing pixel. `task`
-("restoration", "inpainting", "super_resolution", "edges", "representation", "prior") says
-what a method reads and returns: docs/methods.md, section "What a method reads, by task". The
+names one of components/tasks' objects, which say what a method of that task reads and
+returns (docs/methods.md, section "What a method reads, by task"); files keep the name. The
 interface as the rest of the project uses it: docs/architecture.md, section "The Method
 interface". The optimiser defaults' source: docs/methods.md, section "Method reference".
 """
@@ -20,9 +20,11 @@ interface". The optimiser defaults' source: docs/methods.md, section "Method ref
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -59,7 +61,7 @@ class Method(Protocol):
     """What the training loop, the evaluate stage and inference code against (docs/architecture.md, Method interface)."""
 
     name: ClassVar[str]  # registry key in components.models.METHODS
-    task: ClassVar[str]  # "restoration", "inpainting", "super_resolution", "edges", "representation", "prior"
+    task: ClassVar[str]  # a name in components.tasks.TASKS
     inputs: ClassVar[tuple[str, ...]]  # shard columns it reads: ("hq", "lq", "mask")
     Config: ClassVar[type[MethodConfig]]
 
@@ -117,6 +119,16 @@ class MethodBase(ABC):
 
     @abstractmethod
     def restore(self, batch: dict[str, Tensor]) -> Tensor: ...
+
+    @classmethod
+    def task_for(cls, cfg: MethodConfig) -> str:
+        """The task a method with this config has, without building it: `task`, or, where a
+        subclass makes `task` a property of its config (Panini: restoration from `lq`, SR from
+        `lr`), that property read on the config alone."""
+        declared = inspect.getattr_static(cls, "task")
+        if isinstance(declared, property):
+            return declared.fget(SimpleNamespace(cfg=cfg))
+        return declared
 
     @classmethod
     def columns(cls, cfg: MethodConfig) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """evaluate: every upstream model and the classical baselines of its task, scored on one held-out split.
 
-Each model is scored as its `task` says (components/metrics/scoring.py): restorers against
+Each model is scored as its task's object says (components/tasks): restorers against
 the untouched degraded input ("input", holes filled with the known pixels' mean colour),
 inpainting against mean-fill, OpenCV Telea and Navier-Stokes, super-resolution against
 bicubic, the edge GAN by edge precision / recall / F1 inside the holes. Models whose task is
@@ -40,34 +40,35 @@ def resources(cfg: Config) -> dict[str, float]:
 def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.metrics.learned import LearnedMetrics
     from components.metrics.report import Report
-    from components.metrics.scoring import grouped_means, mean_scores, task_scoring
+    from components.metrics.scoring import grouped_means, mean_scores
     from components.models.files import load_model_dir
+    from components.tasks import RESTORATION, task_of
     from pipelines.stages.inputs import of_kind, one_of_kind
 
     shards = one_of_kind(inputs, "shards", ctx.stage)
     models = {a.stage: load_model_dir(a.uri) for a in of_kind(inputs, "model")}
-    by_task: dict[str, dict[str, Any]] = {}
+    by_task: dict[Any, dict[str, Any]] = {}  # Task -> {model stage: method}
     for name, method in models.items():
-        if task_scoring(method.task) is not None:
-            by_task.setdefault(method.task, {})[name] = method
+        if task_of(method).scoring is not None:
+            by_task.setdefault(task_of(method), {})[name] = method
     if not by_task:  # nothing to score but the data itself: how bad is the untouched input
-        by_task = {"restoration": {}}
-    columns = sorted({column for task in by_task for column in task_scoring(task).columns})
+        by_task = {RESTORATION: {}}
+    columns = sorted({column for task in by_task for column in task.scoring.columns})
     data, groups = read_split(shards, cfg.split, columns)
     report = Report(split=cfg.split, samples=len(data["hq"]))
     learned = LearnedMetrics(cfg.learned)
     for task, methods in by_task.items():
-        scoring = task_scoring(task)
+        scoring = task.scoring
         per_image, outputs = score_task(task, methods, data, cfg.batch_size)
         means = {name: mean_scores(values) for name, values in per_image.items()}
-        if task != "edges":  # the learned metrics judge images, not edge maps
+        if scoring.learned_metrics:
             target = scoring.target(data)
             for name, out in outputs.items():
                 per_image[name].update(learned.per_image(out, target))
                 means[name] = learned.unavailable({**mean_scores(per_image[name]), **learned.per_set(out, target)})
-        report.add_task(task, means, scoring.breakdown, grouped_means(per_image, groups[scoring.breakdown]),
+        report.add_task(task.name, means, scoring.breakdown, grouped_means(per_image, groups[scoring.breakdown]),
                         models=sorted(methods))
-        report.grids[task] = grid(scoring.target(data), outputs, cfg.grid_rows)
+        report.grids[task.name] = grid(scoring.target(data), outputs, cfg.grid_rows)
     metrics = report.flat_metrics()
     write_outputs(ctx, metrics, report)
     ctx.progress.update(done=report.samples, total=report.samples, unit="images")
@@ -96,11 +97,9 @@ def read_split(shards: Any, split: str, columns: list[str]) -> tuple[dict, dict[
     return data, sample_groups(table)
 
 
-def score_task(task: str, methods: dict[str, Any], data: dict, batch_size: int) -> tuple[dict, dict]:
-    """({name: {metric: per-image values}}, {name: outputs}) for the task's baselines and methods, baselines first."""
-    from components.metrics.scoring import task_scoring
-
-    scoring = task_scoring(task)
+def score_task(task: Any, methods: dict[str, Any], data: dict, batch_size: int) -> tuple[dict, dict]:
+    """({name: {metric: per-image values}}, {name: outputs}) for a scored Task's baselines and methods, baselines first."""
+    scoring = task.scoring
     outputs = {name: baseline(data) for name, baseline in scoring.baselines.items()}
     for name, method in methods.items():
         outputs[name] = restore_all(method, scoring.method_batch(data), batch_size)

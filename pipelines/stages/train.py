@@ -56,6 +56,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components import storage
     from components.data.ray_dataset import shard_dataset
     from components.models import method_class
+    from components.tasks import training_columns
     from components.training.spec import TrainSpec
     from components.training.trainer import Placement, fit
     from pipelines.stages.inputs import one_of_kind, shard_uris
@@ -65,7 +66,7 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
     if cfg.steps == 0:
         return export_untrained(ctx, cfg, shards, upstream)
-    columns = method.columns(method.Config.model_validate(cfg.method_config()))
+    columns = training_columns(method, method.Config.model_validate(cfg.method_config()))
     datasets = {"train": shard_dataset(shard_uris(shards), "train", columns)}
     if getattr(method, "unpaired", ()):
         # A second stream of the same split, globally reshuffled: what an unpaired method's

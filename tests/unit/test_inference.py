@@ -7,6 +7,7 @@ from components.data.schema import decode_png, encode_png
 from components.inference import RestoreError, load_restorer, read_mask, restore_paths, restore_photo
 from components.models import build_method
 from components.models.files import save_model_dir
+from components.tasks import INPAINTING, RESTORATION
 from pipelines.cli import app
 
 
@@ -35,7 +36,7 @@ def photo(height, width, seed=0):
 
 def test_a_photo_of_any_size_comes_back_at_its_own_size(baseline_dir):
     restorer = load_restorer(baseline_dir)
-    assert restorer.resolution == 32 and restorer.task == "restoration"
+    assert restorer.resolution == 32 and restorer.task is RESTORATION
     assert restore_photo(restorer, photo(50, 70)).shape == (50, 70, 3)
 
 
@@ -80,7 +81,7 @@ def test_restore_command_names_a_missing_model_folder(tmp_path):
 
 def test_inpainting_keeps_every_known_pixel_of_the_full_size_photo(inpainting_dir, tmp_path):
     restorer = load_restorer(inpainting_dir)
-    assert restorer.task == "inpainting"
+    assert restorer.task is INPAINTING
     original = photo(60, 44)
     holes = np.zeros((60, 44), np.uint8)
     holes[20:35, 10:30] = 1
@@ -112,3 +113,17 @@ def test_a_model_that_does_not_restore_photos_is_refused(tmp_path):
     save_model_dir(str(tmp_path / "dre"), state, {**config, "data": {"resolution": 32}})
     with pytest.raises(RestoreError, match="does not restore photos"):
         load_restorer(tmp_path / "dre")
+
+
+def test_the_pyfunc_model_feeds_the_model_as_its_task_says(baseline_dir, inpainting_dir):
+    from components.models.files import load_model_dir
+    from components.tracking.pyfunc_model import _load_pyfunc
+
+    lq = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    restored = _load_pyfunc(str(baseline_dir)).predict({"lq": lq})
+    expected = load_model_dir(str(baseline_dir)).restore({"lq": torch.from_numpy(lq), "mask": torch.zeros(2, 1, 32, 32)})
+    assert np.array_equal(restored, expected.numpy())
+    with pytest.raises(ValueError, match="reads its image as 'lq'"):
+        _load_pyfunc(str(baseline_dir)).predict({"lr": lq})
+    with pytest.raises(ValueError, match="'inpainting' model needs the holes"):
+        _load_pyfunc(str(inpainting_dir)).predict({"lq": lq})

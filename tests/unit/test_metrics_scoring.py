@@ -2,42 +2,43 @@ import math
 
 import torch
 
-from components.metrics.scoring import TASKS, degradation_level, grouped_means, mean_scores, task_scoring
+from components.metrics.scoring import degradation_level, grouped_means, mean_scores
 from components.models import build_method
+from components.tasks import INPAINTING, PRIOR, REPRESENTATION, RESTORATION, SUPER_RESOLUTION
 from pipelines.stages.evaluate import score_task
 from tests.unit.method_checks import face_batch
 
 
 def test_inpainting_is_scored_on_the_clean_image_with_holes_against_three_classical_baselines():
-    data = face_batch(n=4, columns=TASKS["inpainting"].columns)
-    per_image, outputs = score_task("inpainting", {}, data, batch_size=2)
+    data = face_batch(n=4, columns=INPAINTING.scoring.columns)
+    per_image, outputs = score_task(INPAINTING, {}, data, batch_size=2)
     scores = {name: mean_scores(values) for name, values in per_image.items()}
     assert list(scores) == ["mean_fill", "telea", "navier_stokes"]
     assert {"psnr", "ssim", "l1", "psnr_hole", "l1_hole"} == set(scores["telea"])
     # whole-image PSNR counts the known pixels every method keeps: always above the hole's own PSNR
     assert all(s["psnr"] > s["psnr_hole"] for s in scores.values())
-    assert TASKS["inpainting"].method_batch(data)["lq"] is data["hq"]
+    assert INPAINTING.scoring.method_batch(data)["lq"] is data["hq"]
 
 
 def test_restorers_face_the_untouched_input_and_are_given_only_the_degraded_image():
-    data = face_batch(n=4, columns=TASKS["restoration"].columns)
+    data = face_batch(n=4, columns=RESTORATION.scoring.columns)
     model = build_method("baseline", {"width": 8, "depth": 2})
-    per_image, outputs = score_task("restoration", {"train_baseline": model}, data, batch_size=3)
+    per_image, outputs = score_task(RESTORATION, {"train_baseline": model}, data, batch_size=3)
     scores = {name: mean_scores(values) for name, values in per_image.items()}
     assert list(scores) == ["input", "train_baseline"]
     # an untrained baseline returns its hole-filled input: the two score the same
     assert math.isclose(scores["input"]["psnr"], scores["train_baseline"]["psnr"], rel_tol=1e-5)
-    assert set(TASKS["restoration"].method_batch(data)) == {"lq", "mask"}
+    assert set(RESTORATION.scoring.method_batch(data)) == {"lq", "mask"}
 
 
 def test_super_resolution_faces_bicubic_at_the_shards_factor():
-    data = face_batch(n=2, size=32, columns=TASKS["super_resolution"].columns, super_resolution={"factor": 8})
-    per_image, outputs = score_task("super_resolution", {}, data, batch_size=2)
+    data = face_batch(n=2, size=32, columns=SUPER_RESOLUTION.scoring.columns, super_resolution={"factor": 8})
+    per_image, outputs = score_task(SUPER_RESOLUTION, {}, data, batch_size=2)
     assert outputs["bicubic"].shape == data["hq"].shape and set(per_image) == {"bicubic"}
 
 
 def test_models_that_are_not_image_restorers_are_not_scored():
-    assert task_scoring("representation") is None and task_scoring("prior") is None
+    assert REPRESENTATION.scoring is None and PRIOR.scoring is None
 
 
 def test_mean_scores_leave_out_images_with_nothing_to_score():
