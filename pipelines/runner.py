@@ -577,9 +577,16 @@ def _cached_metrics_of(store: Store, stage: str, fingerprint: str) -> dict[str, 
 
 
 def _progress_board() -> Any:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from components.progress import ProgressBoard
 
-    return ProgressBoard.remote()
+    # On the driver's node, as the stage tasks are. Left to Ray, a busy head sends it to another node;
+    # if that node is lost, the runner loses every stage's progress and nodes, and takes the silence
+    # for a stall (execution.stall_timeout_s).
+    node = ray.get_runtime_context().get_node_id()
+    return ProgressBoard.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
 
 
 def _stage_progress(board: Any, name: str) -> Any:
