@@ -26,7 +26,6 @@ from components.data.schema import SCHEMA_VERSION, SHARD_SCHEMA
 SHARD_SUFFIX = ".parquet"
 _VERSION_KEY = b"facerestore.schema_version"
 SKIPPED_KEY = b"facerestore.skipped"
-_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def write_shard(table: pa.Table, uri: str, row_group_size: int = 256,
 
 def describe_shard(uri: str) -> ShardInfo:
     """The ShardInfo of a shard already written, e.g. by a run that was killed after it."""
-    sha256, size = _checksum(uri)
+    sha256, size = storage.checksum(uri)
     splits = _read_one(uri, ["split"], None)
     return ShardInfo(
         path=storage.normalize(uri),
@@ -104,19 +103,6 @@ def list_shards(directory_uri: str) -> list[str]:
 def count_splits(table: pa.Table) -> dict[str, int]:
     counts = pc.value_counts(table.column("split")).to_pylist()
     return {entry["values"]: entry["counts"] for entry in sorted(counts, key=lambda e: e["values"])}
-
-
-def _checksum(uri: str) -> tuple[str, int]:
-    fs, path = storage.resolve(uri)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with fs.open_input_stream(path) as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"shard not found: {uri}") from error
-    return digest.hexdigest(), size
 
 
 def _conform(table: pa.Table, uri: str) -> pa.Table:
