@@ -54,6 +54,8 @@ def training_config(directory: Path, store: Path) -> Path:
     raw["store"] = str(store)
     raw["stages"]["train_baseline"]["checkpoint_every"] = EVERY
     raw["stages"] = {name: raw["stages"][name] for name in ("synthesize", "train_baseline")}
+    # A killed driver's stage lease must expire before a resubmitted run takes the stage over.
+    raw["execution"] = {"lease_ttl_s": 15}
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -213,6 +215,7 @@ def test_resubmission_after_the_job_driver_was_killed_skips_synthesis_and_contin
     assert killed.returncode == 1 and f"job {job_id}: FAILED" in killed.stderr, killed.stdout + killed.stderr
     assert store.load_run(run_id)["stages"]["train_baseline"]["state"] == "running"  # the driver died mid-stage
 
+    dead_run = run_id
     job_id, run_id = submit(head, str(config), "--working-dir", str(config.parent))
     resumed = follow(head, job_id, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr
@@ -220,5 +223,6 @@ def test_resubmission_after_the_job_driver_was_killed_skips_synthesis_and_contin
     assert stages["synthesize"]["state"] == "cached"
     train = stages["train_baseline"]
     assert train["state"] == "finished" and "previous output is incomplete (interrupted run)" in train["reasons"]
+    assert train["lease_taken_over_from"] == dead_run
     assert train["metrics"]["step"] == STEPS
     assert train["metrics"]["resumed_from"] % EVERY == 0 and EVERY <= checkpoint <= train["metrics"]["resumed_from"] <= STEPS
