@@ -4,6 +4,11 @@ runner's order) and then as the DAG allows (the default), each from an empty sto
 Reported: each run's wall time (`facerestore run` as a process, Ray start included), their ratio,
 and the critical path: the longest chain of stage durations through the DAG, taken from the
 sequential run (stages that ran alone), the shortest wall time any parallelism could reach.
+
+Then the default run again on a two-node cluster on this machine (a head and a second node,
+`ray start` each, 3 CPUs each: tests/integration/ray_head.py), its wall time against the critical
+path of its own stage durations (from its run record: the driver's time outside stages counts
+against it).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ def blind_at_test_size(directory: Path, steps: int) -> Path:
         **train_settings(TRAINED, steps=steps), "pretrain_dre.model.queue_size": 32, "train_prior.model.resolution": 32})
 
 
-def timed_run(config: Path, *options: str) -> tuple[float, dict]:
+def timed_run(config: Path, *options: str, env: dict[str, str] | None = None) -> tuple[float, dict]:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(config), *options],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"facerestore run {config} {' '.join(options)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -66,4 +71,21 @@ def run(quick: bool = False) -> list[dict]:
         end = min(stages[a]["finished_at"], stages[b]["finished_at"])
         overlaps.append(f"{a} / {b}: {max(0.0, end - start):.0f} s together")
     rows.append({"run": "default: " + "; ".join(overlaps)})
+    if not quick:
+        rows += two_node_rows(steps)
     return rows
+
+
+def two_node_rows(steps: int) -> list[dict]:
+    from tests.integration.ray_head import running_head, running_worker_node
+
+    with tempfile.TemporaryDirectory() as tmp, running_head(num_cpus=3) as head, running_worker_node(head, num_cpus=3):
+        config = blind_at_test_size(Path(tmp), steps)
+        wall, record = timed_run(config, "--address", head.gcs, env={**head.env, "RAY_ADDRESS": head.gcs})
+    needs = {name: tuple(section["needs"]) for name, section in record["config"]["stages"].items()}
+    durations = {name: info.get("duration_s", 0.0) for name, info in record["stages"].items()}
+    path_s, chain = critical_path(durations, needs)
+    nodes = sorted({node for info in record["stages"].values() for node in info.get("nodes", [])})
+    return [{"run": f"two nodes ({', '.join(nodes)}), default", "wall_s": wall, "sum_of_stages_s": sum(durations.values())},
+            {"run": f"two nodes: critical path {' -> '.join(chain)}", "wall_s": path_s,
+             "wall_over_critical_path": wall / path_s}]
