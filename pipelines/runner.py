@@ -483,8 +483,7 @@ class Execution:
 
 def stage_resources(cfg: PipelineConfig, name: str) -> dict[str, float]:
     section = cfg.stages[name]
-    module = stage_module(section.kind)
-    return dict(module.resources(section.config)) if hasattr(module, "resources") else {"CPU": 1.0}
+    return dict(stage_module(section.kind).resources(section.config))
 
 
 def _run_stage(kind: str, ctx: StageContext, cfg: Any, inputs: dict[str, Artifact]) -> StageOutput:
@@ -534,19 +533,17 @@ def is_transient(err: BaseException) -> bool:
     """Whether a stage error is a transient fault (lost node or worker, store or tracking-server
     trouble, a stall), which a retry may get past; config, validation and code errors are not.
     Ray Train wraps a worker's error: its cause chain decides."""
-    from components.tracking.runs import is_transient_tracking_error
+    from components.tracking.runs import causes, is_transient_tracking_error
 
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        names = {cls.__name__ for cls in type(err).__mro__}
-        if names & set(TRANSIENT_NAMES) or is_transient_tracking_error(err):
+    if is_transient_tracking_error(err):
+        return True
+    for link in causes(err):
+        if {cls.__name__ for cls in type(link).__mro__} & set(TRANSIENT_NAMES):
             return True
-        if isinstance(err, OSError) and not isinstance(err, PERMANENT):
+        if isinstance(link, OSError) and not isinstance(link, PERMANENT):
             return True  # pyarrow's S3 and network errors are OSErrors
-        if isinstance(err, PERMANENT):
+        if isinstance(link, PERMANENT):
             return False
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return False
 
 

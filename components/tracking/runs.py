@@ -134,7 +134,7 @@ def is_transient_tracking_error(err: BaseException) -> bool:
     import requests
     from mlflow.exceptions import MlflowException, RestException
 
-    for link in _causes(err):
+    for link in causes(err):
         if isinstance(link, TrackingUnavailable):
             return True
         if isinstance(link, requests.exceptions.SSLError):
@@ -157,14 +157,17 @@ def is_transient_tracking_error(err: BaseException) -> bool:
     return False
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """`err`, then what it was raised from (or while handling), up the chain."""
+def causes(err: BaseException) -> Iterator[BaseException]:
+    """`err`, then what it was raised from (or while handling), up the chain; a Ray task error's
+    `cause` (the task's own exception) comes first."""
     seen: set[int] = set()
     link: BaseException | None = err
     while link is not None and id(link) not in seen and len(seen) < 20:
         seen.add(id(link))
         yield link
-        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+        ray_cause = getattr(link, "cause", None)
+        link = (ray_cause if isinstance(ray_cause, BaseException) else None) or link.__cause__ or (
+            None if link.__suppress_context__ else link.__context__)
 
 
 def retrying(what: str, call: Callable[[], T], timeout_s: float = 120.0, server: str | None = None) -> T:
@@ -200,7 +203,7 @@ def retrying(what: str, call: Callable[[], T], timeout_s: float = 120.0, server:
 def _server_of(err: BaseException) -> str:
     """The server an MLflow HTTP error names ("API request to http://host:port/api/... failed"), else the
     tracking URI of the environment."""
-    for link in _causes(err):
+    for link in causes(err):
         found = re.search(r"(https?://[^/\s'\"]+)", str(link))
         if found:
             return found.group(1)
