@@ -183,7 +183,7 @@ class Execution:
         self.leases = leases_for(store.uri, self.options["lease_ttl_s"])
         self.held: dict[str, Lease] = {}
         self.tasks: dict[Any, str] = {}  # Ray task -> stage
-        self.retry_at: dict[str, float] = {}
+        self.not_before: dict[str, float] = {}  # a stage starts no earlier: a retry's backoff, another run's lease
         self.stalled: dict[str, str] = {}  # stage -> why its task was cancelled
         self.children: dict[str, str] = {}  # stage -> its MLflow run id
         self.stopping: str | None = None  # why no further stage starts (fail-fast)
@@ -227,7 +227,7 @@ class Execution:
         if self.stopping:
             return
         now = time.time()
-        ready = [n for n in self.schedule.ready() if self.retry_at.get(n, 0.0) <= now]
+        ready = [n for n in self.schedule.ready() if self.not_before.get(n, 0.0) <= now]
         if not ready:
             return
         running = [self.requests[n] for n in self.schedule.running()]
@@ -288,12 +288,12 @@ class Execution:
         fingerprint, info = self.prints[name], self.info(name)
         ours, holder = self.leases.try_acquire(lease_uri(self.store.uri, name, fingerprint), self.record["run_id"])
         forced = self.entries[name].state is State.CACHED  # complete when planned: rebuilt on purpose
-        if not forced and self.store.is_complete(name, fingerprint) and not self.store.damage(name, fingerprint):
-            builder = (self.store.manifest(name, fingerprint) or {}).get("pipeline_run_id")
+        manifest = None if forced else self.store.manifest(name, fingerprint)
+        if manifest is not None and not self.store.damage(name, fingerprint):
             if ours is not None:
                 self.leases.release(ours)
-            info.update(state="cached", reasons=[f"built by pipeline run {builder} while this run waited"],
-                        **_cached_metrics_of(self.store, name, fingerprint))
+            info.update(state="cached", reasons=[f"built by pipeline run {manifest.get('pipeline_run_id')} while this run waited"],
+                        **_cached_metrics_of(manifest))
             self.schedule.finish(name)
             self.save()
             return False
@@ -305,6 +305,8 @@ class Execution:
             return True
         info.update(state="waiting", waiting_for=holder.owner, lease_expires_at=holder.expires_at)
         info.setdefault("waiting_since", time.time())
+        # Look again at the watch's pace, not every tick: each look reads the lease and the manifest.
+        self.not_before[name] = time.time() + WATCH_EVERY_S
         self.save()
         return False
 
@@ -397,7 +399,7 @@ class Execution:
         section = self.cfg.stages[name]
         if retryable and len(info["attempts"]) <= section.retries and not self.stopping:
             wait = section.retry_backoff_s * 2 ** (len(info["attempts"]) - 1)
-            self.retry_at[name] = now + wait
+            self.not_before[name] = now + wait
             self.schedule.requeue(name)
             info.update(state="pending", next_attempt_at=now + wait)
             self.save()
@@ -565,11 +567,10 @@ def _cached_metrics(store: Store, entry: PlanEntry) -> dict[str, Any]:
     """A cached stage's metrics, from its manifest, so a cached run's summary still shows them."""
     if entry.will_run or entry.state is not State.CACHED:
         return {}
-    return _cached_metrics_of(store, entry.stage.name, entry.fingerprint)
+    return _cached_metrics_of(store.manifest(entry.stage.name, entry.fingerprint) or {})
 
 
-def _cached_metrics_of(store: Store, stage: str, fingerprint: str) -> dict[str, Any]:
-    manifest = store.manifest(stage, fingerprint) or {}
+def _cached_metrics_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": manifest.get("metrics", {}), "mlflow_run_id": manifest.get("mlflow_run_id")}
 
 
