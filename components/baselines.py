@@ -4,13 +4,13 @@
   before it learns anything), OpenCV's Telea (fast marching, Telea 2004) and Navier-Stokes
   (Bertalmio, Bertozzi, Sapiro 2001) inpainting, both with OpenCV's usual radius of 3 px;
 - super-resolution: bicubic upsampling (PyTorch's, a = -0.75, as CTCNet's and most SR
-  papers' "Bicubic" rows): `models.classical.bicubic`, the very function CTCNet and Panini
+  papers' "Bicubic" rows): `networks.classical.bicubic`, the very function CTCNet and Panini
   start their output from, so the baseline is exactly the methods' own starting point;
 - blind restoration: the degraded input itself, its holes mean-filled.
 
 Not methods: nothing here is trained or registered. Which task faces which baseline is the
-task's (components/tasks). This module sits above `models` and imports from it only the
-shared input helpers (docs/architecture.md, "Arrows").
+task's (components/tasks). This module imports of the methods' code only the shared input
+helpers in components/networks (docs/architecture.md, "Arrows").
 
 Tensors: float32 NCHW in [0, 1]; `mask` (N, 1, H, W), 1 = missing. Every baseline keeps the
 known pixels of an inpainting input exactly, as the learned methods do.
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from components.models.classical import bicubic
-from components.models.inputs import fill_holes, paste_known
+from components.networks.classical import bicubic
+from components.networks.inputs import fill_holes, paste_known
 
 __all__ = ["INPAINT_RADIUS", "bicubic", "mean_fill", "navier_stokes", "telea"]
 

@@ -10,15 +10,17 @@ returns an edge map (N, 1, H, W) in [0, 1]: the photo's own Canny edges where it
 generator's prediction in the holes (`predict_edges`). H and W must be divisible by 4 and
 above 4 x dilation; training needs at least 24 (one discriminator patch).
 
-Networks: "g" (`EdgeGenerator`: the grey image, the edge map and the mask, (N, 3, H, W), in;
-an edge map (N, 1, H, W) out) and "d" (`PatchDiscriminator(in_channels=2)` on (grey image,
-edge map) pairs, returning logits). Losses: adversarial (nsgan) plus feature matching on the
-discriminator's layers; no L1 on the edges.
+Networks: "g" (`EdgeGenerator`, components/networks/edge_gan.py: the grey image, the edge map
+and the mask, (N, 3, H, W), in; an edge map (N, 1, H, W) out) and "d" (`PatchDiscriminator(
+in_channels=2)` on (grey image, edge map) pairs). Losses: adversarial (nsgan; the D step and
+the knobs `d_lr_ratio`, `adversarial_weight`: components/models/adversarial.py) plus feature
+matching on the discriminator's layers; no L1 on the edges.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import warnings
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,108 +32,52 @@ from components.data.edges import GREY_WEIGHTS, canny_edges_batch
 from components.losses.adversarial import AdversarialLoss
 from components.losses.feature_matching import feature_matching_loss
 from components.metrics.edges import edge_scores
-from components.models.base import MethodBase, MethodConfig, Upstream
-from components.models.inputs import fill_holes
-from components.models.patchgan import PatchDiscriminator
+from components.models.adversarial import AdversarialConfig, discriminator_adam, discriminator_step
+from components.models.base import MethodBase, Upstream
+from components.networks.edge_gan import EdgeGenerator
+from components.networks.inputs import fill_holes
+from components.networks.patchgan import PatchDiscriminator
 
-GENERATOR_IN_CHANNELS = 3  # masked grey, masked edges, mask
 DISCRIMINATOR_IN_CHANNELS = 2  # grey, edges
-DOWNSAMPLES = 2  # EdgeGenerator's two stride-2 convs: H and W must divide by 4
-INIT_STD = 0.02  # BaseNetwork.init_weights gain
 # Pixels around a hole whose computed edges are dropped and predicted (skimage's canny erodes its mask by 1).
 FILL_RIM = 1
+# Old config keys, accepted with a FutureWarning for one release: {old: new}.
+RENAMED_KEYS = {"d2g_lr": "d_lr_ratio", "adv_weight": "adversarial_weight"}
 
 
-class EdgeGANConfig(MethodConfig):
-    """EdgeConnect's edge model settings (knazeri/edge-connect config.yml.example, src/networks.py)."""
+class EdgeGANConfig(AdversarialConfig):
+    """EdgeConnect's edge model settings (knazeri/edge-connect config.yml.example, src/networks.py); lr, betas,
+    d_lr_ratio, d_width, gan_loss: AdversarialConfig's."""
 
-    lr: float = Field(1e-4, gt=0, description="generator Adam learning rate (LR)")
-    betas: tuple[float, float] = Field((0.0, 0.9), description="Adam betas of both networks (BETA1, BETA2)")
-    d2g_lr: float = Field(0.1, gt=0, description="discriminator learning rate as a multiple of lr (D2G_LR)")
     width: int = Field(64, gt=0, description="generator channels at full resolution; x2 and x4 after each downsample")
     residual_blocks: int = Field(8, ge=0, description="dilated residual blocks in the generator's middle")
     dilation: int = Field(2, ge=1, description="dilation of the first conv of each residual block")
     spectral_norm: bool = Field(True, description="spectral norm on the generator's convs (all but the last)")
-    d_width: int = Field(64, gt=0, description="PatchGAN discriminator's first-layer width")
-    gan_loss: Literal["nsgan", "lsgan", "hinge"] = Field("nsgan", description="adversarial loss (GAN_LOSS)")
-    adv_weight: float = Field(1.0, ge=0, description="generator adversarial loss weight")
+    adversarial_weight: float = Field(1.0, ge=0, description="generator adversarial loss weight (EdgeModel adds "
+                                                             "it unweighted)")
     fm_weight: float = Field(10.0, ge=0, description="feature matching loss weight (FM_LOSS_WEIGHT)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """`d2g_lr` and `adv_weight` (the names before the GAN methods shared theirs) become the new keys."""
+        if not isinstance(data, dict) or not any(old in data for old in RENAMED_KEYS):
+            return data
+        data = dict(data)
+        for old, new in RENAMED_KEYS.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(f"edge_gan: '{old}' is the old name of '{new}'; give only '{new}'")
+            warnings.warn(f"edge_gan: '{old}' is deprecated, use '{new}'", FutureWarning, stacklevel=2)
+            data[new] = data.pop(old)
+        return data
 
     @model_validator(mode="after")
     def _generator_has_a_loss(self) -> EdgeGANConfig:
-        if self.adv_weight == 0 and self.fm_weight == 0:
-            raise ValueError("adv_weight and fm_weight are both 0: the generator would get no gradient")
+        if self.adversarial_weight == 0 and self.fm_weight == 0:
+            raise ValueError("adversarial_weight and fm_weight are both 0: the generator would get no gradient")
         return self
-
-
-def _normalised(module: nn.Module, on: bool) -> nn.Module:
-    nn.init.normal_(module.weight, 0.0, INIT_STD)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-    return nn.utils.parametrizations.spectral_norm(module) if on else module
-
-
-class DilatedResidualBlock(nn.Module):
-    """x + (pad, dilated 3x3 conv, IN, ReLU, pad, 3x3 conv, IN); no activation after the sum."""
-
-    def __init__(self, channels: int, dilation: int, spectral_norm: bool):
-        super().__init__()
-        bias = not spectral_norm
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(dilation),
-            _normalised(nn.Conv2d(channels, channels, 3, dilation=dilation, bias=bias), spectral_norm),
-            nn.InstanceNorm2d(channels), nn.ReLU(),
-            nn.ReflectionPad2d(1),
-            _normalised(nn.Conv2d(channels, channels, 3, bias=bias), spectral_norm),
-            nn.InstanceNorm2d(channels),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class EdgeGenerator(nn.Module):
-    """EdgeConnect's edge generator.
-
-    Args:
-        width: channels of the first conv; 2 x and 4 x after the two downsamples.
-        residual_blocks: dilated residual blocks at 4 x width, quarter resolution.
-        dilation: dilation of each block's first conv; needs H / 4 > dilation.
-        spectral_norm: on every conv but the output conv.
-
-    Shapes: x (N, 3, H, W) = masked grey, masked edges, mask -> (N, 1, H, W) edge probabilities.
-    """
-
-    def __init__(self, width: int = 64, residual_blocks: int = 8, dilation: int = 2, spectral_norm: bool = True):
-        super().__init__()
-        self.dilation = dilation
-        w1, w2, w4 = width, 2 * width, 4 * width
-
-        def stage(conv: nn.Module, channels: int) -> list[nn.Module]:
-            return [_normalised(conv, spectral_norm), nn.InstanceNorm2d(channels), nn.ReLU()]
-
-        self.encoder = nn.Sequential(
-            nn.ReflectionPad2d(3), *stage(nn.Conv2d(GENERATOR_IN_CHANNELS, w1, 7), w1),
-            *stage(nn.Conv2d(w1, w2, 4, stride=2, padding=1), w2),
-            *stage(nn.Conv2d(w2, w4, 4, stride=2, padding=1), w4),
-        )
-        self.middle = nn.Sequential(*(DilatedResidualBlock(w4, dilation, spectral_norm)
-                                      for _ in range(residual_blocks)))
-        self.decoder = nn.Sequential(
-            *stage(nn.ConvTranspose2d(w4, w2, 4, stride=2, padding=1), w2),
-            *stage(nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1), w1),
-            nn.ReflectionPad2d(3), _normalised(nn.Conv2d(w1, 1, 7), on=False),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        factor = 2**DOWNSAMPLES
-        if x.ndim != 4 or x.shape[1] != GENERATOR_IN_CHANNELS or x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"EdgeGenerator needs (N, {GENERATOR_IN_CHANNELS}, H, W) with H and W divisible by "
-                             f"{factor}, got {tuple(x.shape)}")
-        if min(x.shape[2:]) // factor <= self.dilation:
-            raise ValueError(f"EdgeGenerator(dilation={self.dilation}) needs H and W above {factor * self.dilation} "
-                             f"(reflection padding at quarter resolution), got {tuple(x.shape)}")
-        return torch.sigmoid(self.decoder(self.middle(self.encoder(x))))
 
 
 def build_edge_generator(cfg: EdgeGANConfig) -> nn.Module:
@@ -218,9 +164,9 @@ class EdgeGAN(MethodBase):
                 "d": PatchDiscriminator(DISCRIMINATOR_IN_CHANNELS, width=self.cfg.d_width, spectral_norm=True)}
 
     def build_optimizers(self) -> dict[str, Optimizer]:
-        d_lr = self.cfg.lr * self.cfg.d2g_lr
-        return {"g": self.adam("g"),
-                "d": torch.optim.Adam(self.nets["d"].parameters(), lr=d_lr, betas=self.cfg.betas)}
+        cfg = self.cfg
+        return {"g": self.adam("g"), "d": discriminator_adam(self.nets["d"].parameters(), cfg.lr, cfg.d_lr_ratio,
+                                                             cfg.betas)}
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         hq, mask, edge = (batch[key].float() for key in ("hq", "mask", "edge"))
@@ -228,28 +174,17 @@ class EdgeGAN(MethodBase):
         fake = self.nets["g"](generator_input(grey, edge, mask)).float()
         real_pair = torch.cat([grey, edge], dim=1)
 
-        d_loss = self._discriminator_step(real_pair, torch.cat([grey, fake.detach()], dim=1))
+        d_loss = discriminator_step(self.nets["d"], self.opts["d"], self.adversarial, real_pair,
+                                    torch.cat([grey, fake.detach()], dim=1))
         g_adv, fm = self._generator_losses(real_pair, torch.cat([grey, fake], dim=1))
-        g_loss = self.cfg.adv_weight * g_adv + self.cfg.fm_weight * fm
+        g_loss = self.cfg.adversarial_weight * g_adv + self.cfg.fm_weight * fm
         self.opts["g"].zero_grad(set_to_none=True)
         g_loss.backward()
         self.opts["g"].step()
 
         scores = edge_scores(fake.detach(), edge, mask)
-        return {"loss": g_loss.item(), "g_adv": g_adv.item(), "fm": fm.item(), "d": d_loss,
+        return {"loss": g_loss.item(), "g_adv": g_adv.item(), "fm": fm.item(), "d": d_loss.item(),
                 "precision": scores["precision"].mean().item(), "recall": scores["recall"].mean().item()}
-
-    def _discriminator_step(self, real_pair: Tensor, fake_pair: Tensor) -> float:
-        """One D update on real and fake pairs in one forward; returns the mean of the two terms."""
-        opt = self.opts["d"]
-        opt.zero_grad(set_to_none=True)  # also drops what the last generator loss left in D
-        logits, _ = self.nets["d"](torch.cat([real_pair, fake_pair], dim=0))
-        real_logits, fake_logits = logits.float().chunk(2)
-        loss = (self.adversarial.loss(real_logits, True, for_discriminator=True)
-                + self.adversarial.loss(fake_logits, False, for_discriminator=True)) / 2
-        loss.backward()
-        opt.step()
-        return loss.item()
 
     def _generator_losses(self, real_pair: Tensor, fake_pair: Tensor) -> tuple[Tensor, Tensor]:
         """(adversarial, feature matching summed over D's layers) through the updated D."""

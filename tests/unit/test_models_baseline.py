@@ -8,8 +8,9 @@ from pydantic import ValidationError
 
 from components.models import METHODS, UnknownMethodError, build_method, load_method, method_class
 from components.models.base import Method
-from components.models.baseline import Baseline, BaselineUNet
-from components.models.inputs import fill_holes, model_input
+from components.models.baseline import Baseline
+from components.networks.inputs import fill_holes, model_input
+from components.networks.unet import BaselineUNet
 
 TINY = {"width": 8, "depth": 2}
 

@@ -7,14 +7,9 @@ from pydantic import ValidationError
 from components.metrics.image_quality import psnr
 from components.models import build_method
 from components.models.base import Method
-from components.models.cafin import (
-    CAFIN,
-    CAFINGenerator,
-    ChannelCrossAttention,
-    DualUpsample,
-    SpatialCrossAttention,
-)
-from components.models.inputs import fill_holes, model_input
+from components.models.cafin import CAFIN
+from components.networks.cafin import CAFINGenerator, ChannelCrossAttention, DualUpsample, SpatialCrossAttention
+from components.networks.inputs import fill_holes, model_input
 from tests.unit.method_checks import (
     assert_export_round_trip,
     assert_inpainting_keeps_known_pixels,

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 from components.metrics.image_quality import psnr
 from components.models import build_method, method_class
 from components.models.base import Method
-from components.models.contrastive_inpaint import (AttentionResnetGenerator, ContrastiveInpaint, FeatureAttention)
-from components.models.inputs import fill_holes, model_input
+from components.models.contrastive_inpaint import ContrastiveInpaint
+from components.networks.contrastive_inpaint import AttentionResnetGenerator, FeatureAttention
+from components.networks.inputs import fill_holes, model_input
 from tests.unit.method_checks import (assert_export_round_trip, assert_inpainting_keeps_known_pixels,
                                       assert_training_step_finite_under_bf16, face_batch,
                                       mean, parameter_count, run_ddp_steps)
@@ -90,7 +91,7 @@ def test_default_config_is_cuts_and_the_generator_is_cuts_resnet_plus_attention(
     attention = sum(p.numel() for p in generator.attention.parameters())
     mask_channel = 64 * 7 * 7  # the fourth input channel of the first 7x7 conv
     assert counts["g"] - attention - mask_channel == CUT_RESNET_9BLOCKS_PARAMETERS
-    assert counts["d"] == 2_763_776  # components/models/patchgan.py, width 64, RGB
+    assert counts["d"] == 2_763_776  # components/networks/patchgan.py, width 64, RGB
     with capsys.disabled():
         print(f"\ncontrastive_inpaint parameters at the paper-default config: {counts}, total {sum(counts.values()):,}"
               f" (feature attention {attention:,})")

@@ -7,8 +7,9 @@ from pydantic import ValidationError
 from components.metrics.image_quality import psnr
 from components.models import build_method, method_class
 from components.models.base import Method
-from components.models.classical import bicubic
-from components.models.ctcnet import FRM, LGCM, MFFU, CTCNet, CTCNetGenerator, TransformerBlock
+from components.models.ctcnet import CTCNet
+from components.networks.classical import bicubic
+from components.networks.ctcnet import FRM, LGCM, MFFU, CTCNetGenerator, TransformerBlock
 from tests.unit.method_checks import (
     assert_export_round_trip,
     assert_loss_falls,
@@ -22,7 +23,7 @@ from tests.unit.method_checks import (
 TINY = {"scale": 4, "width": 8, "encoder_blocks": [1, 1, 1], "refinement_blocks": 1, "fsau_depth": 2,
         "frm_fsau_depth": 1}
 # What the official IVIPLab/CTCNet `CTCNet()` reaches in its forward pass at 128 px (its module
-# also builds 1,997,218 parameters it never calls; see components/models/ctcnet.py).
+# also builds 1,997,218 parameters it never calls; see components/networks/ctcnet.py).
 OFFICIAL_FORWARD_PARAMETERS = 22_407_699
 
 

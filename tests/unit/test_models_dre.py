@@ -14,7 +14,8 @@ from components.data.degrade_gpu import degrade_batch
 from components.models import build_method, load_method
 from components.models import dre as dre_module
 from components.models.base import Method
-from components.models.dre import DRE, DegradationEncoder, MomentumKeyEncoder, derangement
+from components.models.dre import DRE, derangement
+from components.networks.dre import DegradationEncoder, MomentumKeyEncoder
 from tests.unit.method_checks import assert_training_step_finite_under_bf16, face_batch, parameter_count, \
     run_ddp_steps
 

@@ -12,7 +12,6 @@ from components.models.edge_gan import (
     FILL_RIM,
     EdgeGAN,
     EdgeGANConfig,
-    EdgeGenerator,
     build_edge_generator,
     generator_input,
     known_region_edges,
@@ -20,7 +19,8 @@ from components.models.edge_gan import (
     smooth_fill,
     to_grey,
 )
-from components.models.inputs import fill_holes
+from components.networks.edge_gan import EdgeGenerator
+from components.networks.inputs import fill_holes
 from tests.unit.method_checks import (
     assert_export_round_trip,
     assert_loss_falls,
@@ -83,14 +83,14 @@ def test_paper_default_parameter_counts_follow_from_edgeconnects_layer_sizes():
     blocks = 8 * 2 * (4 * w) ** 2 * 9  # two bias-free 3x3 convs per block
     decoder = (4 * w * 2 * w * 16 + 2 * w) + (2 * w * w * 16 + w) + (w * 49 + 1)
     assert counts["g"] == encoder + blocks + decoder == 10_761_089
-    assert counts["d"] == 2_762_752  # EdgeConnect's 2-channel PatchGAN (components/models/patchgan.py)
+    assert counts["d"] == 2_762_752  # EdgeConnect's 2-channel PatchGAN (components/networks/patchgan.py)
 
 
 def test_default_config_is_edgeconnects_edge_model():
     cfg = EdgeGANConfig()
-    assert (cfg.lr, cfg.betas, cfg.d2g_lr) == (1e-4, (0.0, 0.9), 0.1)
+    assert (cfg.lr, cfg.betas, cfg.d_lr_ratio) == (1e-4, (0.0, 0.9), 0.1)
     assert (cfg.width, cfg.residual_blocks, cfg.dilation, cfg.spectral_norm) == (64, 8, 2, True)
-    assert (cfg.gan_loss, cfg.adv_weight, cfg.fm_weight) == ("nsgan", 1.0, 10.0)
+    assert (cfg.gan_loss, cfg.adversarial_weight, cfg.fm_weight) == ("nsgan", 1.0, 10.0)
     method = build_method("edge_gan", TINY)
     assert method.optimizers()["g"].param_groups[0]["lr"] == pytest.approx(1e-4)
     assert method.optimizers()["d"].param_groups[0]["lr"] == pytest.approx(1e-5)
@@ -98,7 +98,7 @@ def test_default_config_is_edgeconnects_edge_model():
 
 
 @pytest.mark.parametrize(("setting", "key"), [({"width": 0}, "width"), ({"dilation": 0}, "dilation"),
-                                              ({"fm_weight": -1}, "fm_weight"), ({"d2g_lr": 0}, "d2g_lr"),
+                                              ({"fm_weight": -1}, "fm_weight"), ({"d_lr_ratio": 0}, "d_lr_ratio"),
                                               ({"gan_loss": "wgan"}, "gan_loss")])
 def test_config_rejects_an_impossible_value_naming_its_key(setting, key):
     with pytest.raises(ValidationError, match=key):
@@ -106,8 +106,24 @@ def test_config_rejects_an_impossible_value_naming_its_key(setting, key):
 
 
 def test_config_rejects_a_generator_with_no_loss():
-    with pytest.raises(ValidationError, match="adv_weight and fm_weight"):
-        EdgeGANConfig(adv_weight=0, fm_weight=0)
+    with pytest.raises(ValidationError, match="adversarial_weight and fm_weight"):
+        EdgeGANConfig(adversarial_weight=0, fm_weight=0)
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [("d2g_lr", "d_lr_ratio", 0.3), ("adv_weight", "adversarial_weight", 0.5)])
+def test_the_old_knob_names_still_work_for_one_release_with_a_warning_naming_the_new_key(old, new, value):
+    with pytest.warns(FutureWarning, match=f"edge_gan: '{old}' is deprecated, use '{new}'"):
+        cfg = EdgeGANConfig.model_validate({old: value})
+    assert getattr(cfg, new) == value
+    assert old not in cfg.model_dump()
+    with pytest.warns(FutureWarning, match=old):
+        method = build_method("edge_gan", {**TINY, old: value})
+    assert getattr(method.cfg, new) == value
+
+
+def test_an_old_knob_name_beside_its_new_name_is_an_error():
+    with pytest.raises(ValidationError, match="'d2g_lr' is the old name of 'd_lr_ratio'"):
+        EdgeGANConfig.model_validate({"d2g_lr": 0.3, "d_lr_ratio": 0.2})
 
 
 def test_build_edge_generator_rebuilds_the_trained_generator_from_its_config(batch):
@@ -223,7 +239,7 @@ def test_feature_matching_falls_when_the_generator_trains_against_a_fixed_discri
 
 
 def test_discriminator_loss_falls_when_it_trains_against_a_fixed_generator(batch):
-    method = tiny_method(lr=1e-3, d2g_lr=1.0)
+    method = tiny_method(lr=1e-3, d_lr_ratio=1.0)
     method.optimizers()["g"].param_groups[0]["lr"] = 0.0  # generator frozen: only D learns
     assert_loss_falls(method, batch, "d", steps=30, factor=0.8)
 

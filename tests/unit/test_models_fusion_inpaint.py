@@ -10,8 +10,9 @@ from components.metrics.image_quality import psnr
 from components.models import build_method, load_method
 from components.models.edge_gan import EdgeGANConfig, predict_edges
 from components.models.files import load_model_dir, save_model_dir
-from components.models.fusion_inpaint import FusionGenerator, FusionInpaint
-from components.models.inputs import fill_holes
+from components.models.fusion_inpaint import FusionInpaint
+from components.networks.fusion_inpaint import FusionGenerator
+from components.networks.inputs import fill_holes
 from tests.unit.method_checks import (
     assert_export_round_trip,
     assert_inpainting_keeps_known_pixels,

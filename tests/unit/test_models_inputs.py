@@ -1,6 +1,6 @@
 import torch
 
-from components.models.inputs import ALL_MISSING_FILL, fill_holes, model_input
+from components.networks.inputs import ALL_MISSING_FILL, fill_holes, model_input
 
 
 def batch_with_hole():
@@ -47,7 +47,7 @@ def test_model_input_is_filled_rgb_then_mask():
 
 
 def test_paste_known_keeps_known_pixels_and_takes_only_the_holes_from_the_output():
-    from components.models.inputs import paste_known
+    from components.networks.inputs import paste_known
 
     image, output = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     mask = torch.zeros(2, 1, 8, 8)

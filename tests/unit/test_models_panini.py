@@ -6,20 +6,15 @@ from pydantic import ValidationError
 
 from components.losses.perceptual import PerceptualLoss, VGG19Features
 from components.metrics.image_quality import psnr
-from components.models import build_method, classical, load_method
+from components.models import build_method, load_method
 from components.models.base import Method
 from components.models.dre import DREConfig
 from components.models.files import save_model_dir
-from components.models.panini import (
-    PERCEPTUAL_LAYER,
-    DAFIMasks,
-    ImageFeatureExtractor,
-    Panini,
-    PaniniConfig,
-    fused_resolutions,
-    interpolate,
-)
-from components.models.stylegan2 import StyleGAN2Config, channel_table
+from components.models.panini import PERCEPTUAL_LAYER, Panini, PaniniConfig
+from components.models.stylegan2 import StyleGAN2Config
+from components.networks import classical
+from components.networks.panini import DAFIMasks, ImageFeatureExtractor, fused_resolutions, interpolate
+from components.networks.stylegan2 import channel_table
 from tests.unit.method_checks import (
     assert_export_round_trip,
     assert_training_step_finite_under_bf16,

@@ -6,7 +6,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from components.losses.adversarial import AdversarialLoss
-from components.models.patchgan import PatchDiscriminator
+from components.networks.patchgan import PatchDiscriminator
 from tests.unit.method_checks import run_on_two_gloo_ranks
 
 

@@ -9,18 +9,9 @@ from safetensors.torch import save as save_safetensors
 
 from components.models.base import NotARestorer
 from components.models import build_method, load_method
-from components.models.stylegan2 import (
-    Blur,
-    ModulatedConv2d,
-    StyleGAN2,
-    Upsample,
-    accumulate,
-    blur_kernel,
-    export_state_dict,
-    import_state_dict,
-    official_key_map,
-    r1_penalty,
-)
+from components.models.stylegan2 import StyleGAN2, accumulate, r1_penalty
+from components.networks.stylegan2 import Blur, ModulatedConv2d, Upsample, blur_kernel
+from components.networks.stylegan2_convert import export_state_dict, import_state_dict, official_key_map
 from tests.unit.method_checks import (
     assert_loss_falls,
     assert_training_step_finite_under_bf16,

@@ -9,17 +9,18 @@ raw logits (no sigmoid), one per 70x70 receptive field; `features` is the list o
 layers' activations (the last is the logits), what `feature_matching_loss` compares.
 At 256 px: 30x30 logits; 32 px: 2x2; 64 px: 6x6. Two forwards (real, then fake) before one
 backward work under DDP (tests/unit/test_models_patchgan.py checks it on 2 ranks).
+Used by edge_gan, fusion_inpaint, cafin and contrastive_inpaint.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
+
+from components.networks.blocks import spectral_normal
 
 KERNEL = 4
 MIN_SIZE = 24  # three halvings and two 4x4 stride-1 convs leave one logit
 LEAKY_SLOPE = 0.2
-INIT_STD = 0.02
 WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STRIDES = (2, 2, 2, 1, 1)
 
@@ -35,13 +36,8 @@ class PatchDiscriminator(nn.Module):
         channels = [in_channels, *(width * m for m in WIDTH_MULTIPLIERS), 1]
         self.layers = nn.ModuleList()
         for i, stride in enumerate(STRIDES):
-            conv = nn.Conv2d(channels[i], channels[i + 1], KERNEL, stride=stride, padding=1,
-                             bias=not spectral_norm)
-            nn.init.normal_(conv.weight, 0.0, INIT_STD)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
-            if spectral_norm:
-                conv = apply_spectral_norm(conv)
+            conv = spectral_normal(nn.Conv2d(channels[i], channels[i + 1], KERNEL, stride=stride, padding=1,
+                                             bias=not spectral_norm), spectral_norm)
             is_last = i == len(STRIDES) - 1
             self.layers.append(conv if is_last else nn.Sequential(conv, nn.LeakyReLU(LEAKY_SLOPE)))
 

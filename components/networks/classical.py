@@ -1,8 +1,8 @@
 """Bicubic upsampling: the classical start CTCNet and Panini (input 'lr') build their
-super-resolution output on, here because those methods compute with it.
+super-resolution output on, here because those networks compute with it.
 
 The classical baselines the evaluate stage scores methods against (this same bicubic
-among them) are in components/baselines.py, above `models`: they are not methods.
+among them) are in components/baselines.py: they are not methods.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Holes are filled with the mean colour of each image's known pixels, per channel, so the
 network never sees the arbitrary value the degradation left there. The filled image is also
 the "untouched degraded input" that the evaluate stage scores as the floor every method
-must beat, which is why it lives here, shared.
+must beat, which is why it lives here, shared (with the baselines, components/baselines.py).
 
 Tensors: float32 NCHW in [0, 1]; `lq` (N, 3, H, W), `mask` (N, 1, H, W) with 1 = missing pixel.
 """
