@@ -32,7 +32,8 @@ def blind_at_test_size(directory: Path, steps: int) -> Path:
 
     return write_tiny_recipe("blind", directory, {
         "synthesize.source.count": 160, "synthesize.shard_size": 80, "synthesize.resolution": 32,
-        **train_settings(TRAINED, steps=steps), "pretrain_dre.model.queue_size": 32, "train_prior.model.resolution": 32})
+        **train_settings(TRAINED, steps=steps), "pretrain_dre.method_config.queue_size": 32,
+        "train_prior.method_config.resolution": 32})
 
 
 def timed_run(config: Path, *options: str, env: dict[str, str] | None = None) -> tuple[float, dict]:

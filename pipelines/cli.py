@@ -30,13 +30,23 @@ StoreOpt = Annotated[str, typer.Option("--store", help="pipeline store (folder o
 
 
 def _load(config: Path, overrides: list[str] | None, preset: str | None = None):
-    from pipelines.config import ConfigError, load_config
+    import warnings
+
+    from pipelines.config import ConfigDeprecation, ConfigError, load_config
 
     try:
-        return load_config(config, overrides or [], preset=preset)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigDeprecation)
+            cfg = load_config(config, overrides or [], preset=preset)
     except ConfigError as err:
         console().print(f"[bold red]config error[/] in {config}: {err}")
         raise typer.Exit(2) from None
+    for warning in caught:
+        if issubclass(warning.category, ConfigDeprecation):  # into the run's output (a job's log too)
+            console().print(f"[yellow]deprecated:[/] {warning.message}", highlight=False)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return cfg
 
 
 def _selection(only: str | None, start: str | None, force: list[str] | None):

@@ -1,7 +1,7 @@
 """Pipeline YAML + dotted `--set` overrides -> a validated, typed config.
 
-A recipe states only what differs from the defaults the typed models declare. Errors name
-the offending key by its full dotted path, and for an unknown key list the allowed ones.
+A recipe states only what differs from the defaults its stage kinds' `Config` classes declare.
+Errors name the offending key by its full dotted path, and for an unknown key list the allowed ones.
 
 Layout of a pipeline YAML::
 
@@ -12,35 +12,58 @@ Layout of a pipeline YAML::
     execution: {max_parallel: null}   # stages at once (null: what the cluster fits); --max-parallel wins
     stages:
       synthesize: {source: {kind: procedural, count: 96}}   # `kind` defaults to the stage's name
-      train_baseline: {kind: train, needs: [synthesize], method: baseline, retries: 2}
+      train_baseline: {kind: train, needs: [synthesize], method: baseline, retries: 2,
+                       method_config: {width: 24, lr: 1.0e-3}}   # the method's own settings
 
 `retries` / `retry_backoff_s` / `stall_timeout_s` sit beside `kind` and `needs`: how the runner
-treats a stage, not part of its config or fingerprint. `--set train_baseline.lr=2e-4` addresses a stage by its name; `--set store=/data/fr` a top-level key.
+treats a stage, not part of its config or fingerprint. `--set train_baseline.method_config.lr=2e-4`
+addresses a stage by its name; `--set store=/data/fr` a top-level key.
 
 A recipe may name presets: sets of the same dotted overrides, chosen with `--preset NAME`
 and applied before any `--set` (so a `--set` still wins)::
 
     presets:
-      real: {synthesize.resolution: 256, train_cafin.steps: 300000, train_cafin.use_gpu: true}
+      real:
+        synthesize.resolution: 256
+        "*.use_gpu": true              # every stage whose section has a `use_gpu` key
+        "train_*.steps": 300000        # every stage whose name matches train_* (and has `steps`)
+        train_prior.steps: 0           # a stage named outright wins over a pattern
+
+A stage pattern (`*`, `?`, `[...]`, matched against stage names as in a shell) sets the key in
+every matching stage whose kind has it, and must reach at least one; the keys naming a stage
+outright are applied after the patterns, whatever their order, so they win. `--set` takes
+patterns too (`--set '*.workers=1'`).
 
 One file per recipe, its CPU size as the file's own values and its real size as a preset,
 instead of near-copies of the whole recipe per size.
+
+Keys renamed in this release (a stage kind's `RENAMED_KEYS`: the train stage's `model` is now
+`method_config`, its `lr` is `method_config.lr`) still work, in the file, a preset or a `--set`,
+for one release: moved to their new place with a `ConfigDeprecation` (a FutureWarning); an old
+key set to null is dropped; an old key beside its new one in a stage is an error.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import warnings
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.stages import STAGE_KINDS, stage_module
+from pipelines.stages import STAGE_KINDS, renamed_keys, stage_module
 
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
+
+
+class ConfigDeprecation(FutureWarning):
+    """A recipe or override uses a key renamed in this release: it still works, until the next one."""
 
 
 class Strict(BaseModel):
@@ -74,7 +97,7 @@ class ExecutionOptions(Strict):
 class StageSection(Strict):
     kind: str
     needs: tuple[str, ...] = ()
-    config: Any  # the stage kind's own pydantic model
+    config: Any  # an instance of the stage kind's own `Config`
     retries: int = Field(0, ge=0, description="attempts after the first, for transient faults only")
     retry_backoff_s: float = Field(10.0, ge=0, description="wait before the first retry; doubled for each further one")
     stall_timeout_s: float | None = Field(None, gt=0, description="this stage's own execution.stall_timeout_s")
@@ -89,10 +112,24 @@ class PipelineConfig(Strict):
     stages: dict[str, StageSection]
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `2e-4` (no dot) is a string; here it is the float everyone means,
+    in a recipe and in a `--set` alike. A typed stage key would coerce the string, but `method_config`
+    is a free mapping, hashed as given: `--set X.method_config.lr=2e-4` must hash as `2.0e-4` does."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader: builds plain data only
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None) -> PipelineConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError as err:
         raise ConfigError(f"config file not found: {path}") from err
     except yaml.YAMLError as err:
@@ -100,10 +137,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), p
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     presets = raw.pop("presets", None) or {}
+    migrate_stages(raw, where=str(path))
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"{path} has no preset '{preset}' (presets: {', '.join(presets) or 'none'})")
-        raw = apply_settings(raw, presets[preset])
+        raw = apply_settings(raw, presets[preset], where=f"preset '{preset}'")
     raw = apply_overrides(raw, overrides)
     return parse_config(raw, source=str(path))
 
@@ -114,21 +152,102 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key.path=value")
-        settings[key] = yaml.safe_load(text) if text else ""
-    return apply_settings(raw, settings)
+        settings[key] = read_yaml(text) if text else ""
+    return apply_settings(raw, settings, where="--set")
 
 
-def apply_settings(raw: dict, settings: dict[str, Any]) -> dict:
-    """A copy of `raw` with each dotted key set; a key starting with a stage name addresses that stage."""
+# The keys of a stage that are the runner's, not its kind's `Config`'s (see `parse_stage`).
+RUNNER_KEYS = ("retries", "retry_backoff_s", "stall_timeout_s")
+_PATTERN_CHARS = frozenset("*?[")
+_UNSET = object()  # an old key set to null: it meant "not set", so its new key is removed
+
+
+def apply_settings(raw: dict, settings: dict[str, Any], where: str = "settings") -> dict:
+    """A copy of `raw` with each dotted key set; a key starting with a stage name addresses that
+    stage, one starting with a pattern (`*.use_gpu`, `train_*.steps`) every matching stage whose
+    kind has that key. Pattern keys go first, so a key naming its stage outright wins."""
     if not isinstance(settings, dict):
-        raise ConfigError(f"a preset must map dotted keys to values, got {settings!r}")
+        raise ConfigError(f"{where}: a preset must map dotted keys to values, got {settings!r}")
     raw = copy.deepcopy(raw)
+    stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    patterned, exact = [], []
     for key, value in settings.items():
         path = str(key).split(".")
-        if path[0] in (raw.get("stages") or {}):
-            path = ["stages", *path]
-        set_dotted(raw, path, value)
+        if path[0] == "stages" and len(path) > 1:
+            path = path[1:]
+        elif path[0] not in stages and not _PATTERN_CHARS & set(path[0]):
+            exact.append((path, value))  # a top-level key
+            continue
+        if _PATTERN_CHARS & set(path[0]):
+            patterned += expand_pattern(stages, str(key), path, value, where)
+        else:
+            rest, value = move_renamed(path[0], stage_kind(path[0], stages.get(path[0])), path[1:], value,
+                                       f"{where}: {key}")
+            exact.append((["stages", path[0], *rest], value))
+    for path, value in patterned + exact:
+        if value is _UNSET:
+            unset_dotted(raw, path)
+        else:  # a copy each: a pattern sets one value in several stages, and a later key may change one of them
+            set_dotted(raw, path, copy.deepcopy(value))
     return raw
+
+
+def stage_kind(name: str, body: Any) -> str:
+    return body.get("kind", name) if isinstance(body, dict) else name
+
+
+def expand_pattern(stages: dict, key: str, path: list[str], value: Any, where: str) -> list[tuple[list[str], Any]]:
+    """(full key path, value) for each stage a pattern key reaches."""
+    pattern, rest = path[0], path[1:]
+    if not rest:
+        raise ConfigError(f"{where}: '{key}': a stage pattern needs a key after it, e.g. '{pattern}.steps'")
+    matched = [name for name in stages if fnmatchcase(name, pattern)]
+    if not matched:
+        raise ConfigError(f"{where}: '{key}': no stage matches '{pattern}' (stages: {', '.join(stages) or 'none'})")
+    reached = []
+    for name in matched:
+        kind = stage_kind(name, stages[name])
+        moved, new_value = move_renamed(name, kind, rest, value, f"{where}: {key}")
+        fields = set(stage_module(kind).Config.model_fields) if kind in STAGE_KINDS else set()
+        if moved[0] in fields or moved[0] in RUNNER_KEYS:
+            reached.append((["stages", name, *moved], new_value))
+    if not reached:
+        kinds = ", ".join(f"{name} ({stage_kind(name, stages[name])})" for name in matched)
+        raise ConfigError(f"{where}: '{key}': no stage matching '{pattern}' has a key '{rest[0]}' (matched: {kinds})")
+    return reached
+
+
+def move_renamed(stage: str, kind: str, path: list[str], value: Any, where: str) -> tuple[list[str], Any]:
+    """(key path, value) of a setting inside a stage, a key its kind renamed moved to its new place
+    with a warning. Used for a stage's body and for dotted settings alike."""
+    new = renamed_keys(kind).get(path[0]) if path else None
+    if new is None:
+        return path, value
+    warnings.warn(f"stage '{stage}': key '{path[0]}' is deprecated, use '{new}' ({where})", ConfigDeprecation)
+    if value is None and len(path) == 1:
+        value = _UNSET
+    return [*new.split("."), *path[1:]], value
+
+
+def migrate_stages(raw: dict, where: str) -> None:
+    """Moves, in `raw` itself, each stage's old keys to their new place; an old key beside its new
+    one is an error, as the two may disagree."""
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        return  # parse_config names the error
+    for name, body in stages.items():
+        kind = stage_kind(name, body)
+        for old in renamed_keys(kind):  # in their order: `model` moves before the `lr` it then holds
+            if not isinstance(body, dict) or old not in body:
+                continue
+            path, value = move_renamed(name, kind, [old], body.pop(old), where)
+            if value is _UNSET:
+                continue
+            if has_dotted(body, path):
+                new = ".".join(path)
+                raise ConfigError(f"stage '{name}': '{old}' and '{new}' are both given ({where}); "
+                                  f"'{old}' is the deprecated name of '{new}': keep '{new}' only")
+            set_dotted(body, path, value)
 
 
 def set_dotted(raw: dict, path: list[str], value: Any) -> None:
@@ -141,6 +260,23 @@ def set_dotted(raw: dict, path: list[str], value: Any) -> None:
             raise ConfigError(f"cannot set '{'.'.join(path)}': '{'.'.join(path[: i + 1])}' is not a mapping")
         node = child
     node[path[-1]] = value
+
+
+def has_dotted(raw: dict, path: list[str]) -> bool:
+    node: Any = raw
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def unset_dotted(raw: dict, path: list[str]) -> None:
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
 
 
 def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
@@ -175,44 +311,44 @@ def parse_stage(name: str, body: dict) -> StageSection:
     kind = body.pop("kind", name)
     needs = body.pop("needs", [])
     # How the runner treats the stage, not what it computes: kept out of its config and fingerprint.
-    retry = {key: body.pop(key) for key in ("retries", "retry_backoff_s", "stall_timeout_s") if key in body}
+    retry = {key: body.pop(key) for key in RUNNER_KEYS if key in body}
     if kind not in STAGE_KINDS:
         raise ConfigError(f"stages.{name}.kind: unknown stage kind '{kind}' (allowed: {', '.join(STAGE_KINDS)})")
     if isinstance(needs, str):
         needs = [needs]
-    model = stage_module(kind).Config
+    schema = stage_module(kind).Config
     try:
-        config = model.model_validate(body)
+        config = schema.model_validate(body)
     except ValidationError as err:
-        raise ConfigError(describe_errors(err, model, prefix=f"stages.{name}.")) from None
+        raise ConfigError(describe_errors(err, schema, prefix=f"stages.{name}.")) from None
     try:
         return StageSection(kind=kind, needs=tuple(needs), config=config, **retry)
     except ValidationError as err:
         raise ConfigError(describe_errors(err, StageSection, prefix=f"stages.{name}.")) from None
 
 
-def describe_errors(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
+def describe_errors(err: ValidationError, schema: type[BaseModel], prefix: str) -> str:
     lines = []
     for item in err.errors():
         loc = [str(part) for part in item["loc"]]
         key = prefix + ".".join(loc)
         if item["type"] == "extra_forbidden":
-            allowed = allowed_keys(model, loc[:-1])
+            allowed = allowed_keys(schema, loc[:-1])
             lines.append(f"unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
         else:
             lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    """The field names at `path` inside `model`, following nested pydantic models."""
+def allowed_keys(schema: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names at `path` inside `schema`, following nested pydantic classes."""
     for part in path:
-        field = model.model_fields.get(part)
+        field = schema.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        model = annotation
-    return sorted(model.model_fields)
+        schema = annotation
+    return sorted(schema.model_fields)
 
 
 def resolved_section(section: StageSection) -> dict:

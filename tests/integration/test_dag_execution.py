@@ -33,8 +33,8 @@ def branching_config(directory: Path, steps: int = 20) -> Path:
     raw["stages"] = {
         "synthesize": raw["stages"]["synthesize"],
         "train_a": train,
-        "train_b": {**train, "seed": 1, "model": {"width": 8, "depth": 2}},
-        "train_bad": {**train, "batch_size": 4096, "retries": 2, "retry_backoff_s": 0, "model": {"width": 8, "depth": 2}},
+        "train_b": {**train, "seed": 1, "method_config": {"width": 8, "depth": 2, "lr": 1.0e-3}},
+        "train_bad": {**train, "batch_size": 4096, "retries": 2, "retry_backoff_s": 0, "method_config": {"width": 8, "depth": 2, "lr": 1.0e-3}},
         "evaluate_ab": {"kind": "evaluate", "needs": ["synthesize", "train_a", "train_b"]},
         "evaluate": {"needs": ["synthesize", "train_a", "train_b", "train_bad"]},
         "register_bad": {"kind": "register", "needs": ["train_bad", "evaluate"]},

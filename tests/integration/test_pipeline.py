@@ -73,7 +73,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage_params_metrics_and_artif
     _, record, _ = first_run
     client = mlflow_client(record)
     parent = client.get_run(record["mlflow_run_id"])
-    assert parent.data.params["stages.train_baseline.lr"] == "0.001"
+    assert parent.data.params["stages.train_baseline.method_config.lr"] == "0.001"
     children = {r.data.tags["facerestore.stage"]: r for r in client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert set(children) == {"synthesize", "train_baseline", "evaluate", "register"}
@@ -130,10 +130,10 @@ def test_second_run_of_the_same_config_runs_no_stage(first_run):
 
 def test_set_lr_makes_train_and_downstream_stale_naming_the_key(first_run):
     config, _, _ = first_run
-    entries = {e.stage.name: e for e in plan(load_config(config, ["train_baseline.lr=2e-4"]))}
+    entries = {e.stage.name: e for e in plan(load_config(config, ["train_baseline.method_config.lr=2e-4"]))}
     assert entries["synthesize"].state is State.CACHED and not entries["synthesize"].will_run
     assert entries["train_baseline"].state is State.STALE
-    assert "config key 'train_baseline.lr' changed: 0.001 -> 0.0002" in entries["train_baseline"].reasons
+    assert "config key 'train_baseline.method_config.lr' changed: 0.001 -> 0.0002" in entries["train_baseline"].reasons
     assert all(entries[n].will_run for n in ("train_baseline", "evaluate", "register"))
 
 

@@ -51,8 +51,8 @@ def test_blind_recipe_pretrains_the_dre_and_prior_then_scores_panini_for_blind_r
     from mlflow.tracking import MlflowClient
 
     trained = ["pretrain_dre", "train_prior", "train_panini", "train_panini_sr"]
-    record = run_tiny("blind", tmp_path, {**train_settings(trained, steps=10), "pretrain_dre.model.queue_size": 32,
-                                          "train_prior.model.resolution": 32})
+    record = run_tiny("blind", tmp_path, {**train_settings(trained, steps=10), "pretrain_dre.method_config.queue_size": 32,
+                                          "train_prior.method_config.resolution": 32})
     assert record["state"] == "finished"
     metrics = record["stages"]["evaluate"]["metrics"]
     assert {"input/psnr", "train_panini/psnr", "bicubic/psnr", "train_panini_sr/psnr"} <= set(metrics)

@@ -15,7 +15,7 @@ def write_tiny_config(directory: Path, steps: int = 60, **train) -> Path:
     raw["store"] = str(directory / "store")
     raw["stages"]["synthesize"].update(source={"kind": "procedural", "count": 320}, shard_size=80, resolution=32)
     raw["stages"]["train_baseline"].update(steps=steps, batch_size=16, checkpoint_every=20, log_every=5,
-                                           model={"width": 16, "depth": 2}, **train)
+                                           method_config={"width": 16, "depth": 2, "lr": 1.0e-3}, **train)
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
