@@ -14,7 +14,6 @@ and each is killed with SIGKILL, as the OOM killer or a lost node would.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from pipelines.config import load_config
 from pipelines.runner import plan
 from pipelines.store import Store
 from tests.integration.ray_head import ROOT, Head, follow, running_head, session_processes, submit
-from tests.integration.tiny import write_tiny_config
+from tests.integration.tiny import registered_checkpoint, write_tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -62,20 +61,6 @@ def training_config(directory: Path, store: Path) -> Path:
 
 def fingerprints(config: Path) -> dict[str, str]:
     return {e.stage.name: e.fingerprint for e in plan(load_config(config))}
-
-
-def registered_checkpoint(store: Store, run_name: str) -> int:
-    """The step of the latest checkpoint Ray Train's controller has registered (0: none yet).
-
-    A checkpoint directory appears before its report reaches the controller; only a registered
-    one is what a restarted worker group or a rerun gets back, so a fault waits for this one.
-    """
-    path = Path(store.train_storage(), run_name, "checkpoint_manager_snapshot.json")
-    try:
-        latest = json.loads(path.read_text()).get("latest_checkpoint_result") or {}
-    except (OSError, json.JSONDecodeError):
-        return 0  # not written yet, or being written
-    return int(latest.get("metrics", {}).get("step", 0))
 
 
 def wait_for_checkpoint(store: Store, run_name: str, running: Callable[[], bool], timeout: float = 420) -> int:

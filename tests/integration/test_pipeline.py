@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -160,48 +155,6 @@ def test_runs_and_status_commands_show_each_stage(first_run):
     assert "psnr" in shown.output
     stages = ["synthesize", "train_baseline", "evaluate", "register"]
     assert sorted(stages, key=shown.output.index) == stages  # the plan's order, not the record file's sorted keys
-
-
-def test_killed_driver_resumes_training_from_its_last_checkpoint(first_run, subprocess_env):
-    config, _, _ = first_run
-    overrides = ["--set", "train_baseline.steps=140", "--set", "train_baseline.checkpoint_every=20"]
-    store = Store(load_config(config).store)
-    resumed_cfg = load_config(config, [o for o in overrides if o != "--set"])
-    fingerprint = {e.stage.name: e.fingerprint for e in plan(resumed_cfg)}["train_baseline"]
-    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config), *overrides],
-                              env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        checkpoint_step = wait_for_checkpoint(store, f"train_baseline-{fingerprint}", minimum_step=60, timeout=300)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    record, _ = run(config, [o for o in overrides if o != "--set"])
-    train = record["stages"]["train_baseline"]
-    assert record["stages"]["synthesize"]["state"] == "cached"
-    assert train["state"] == "finished"
-    # Ray Train registers a checkpoint once its report reaches the controller: the one
-    # written in the instant before the kill may not be, so resume may be one interval behind.
-    resumed_from = train["metrics"]["resumed_from"]
-    assert resumed_from % 20 == 0 and 140 > resumed_from >= checkpoint_step - 20 >= 40
-    assert train["metrics"]["step"] == 140
-
-
-def wait_for_checkpoint(store: Store, run_name: str, minimum_step: int, timeout: float) -> int:
-    """The step of a checkpoint Ray Train has written, once one at `minimum_step` or later exists."""
-    import torch
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for path in Path(store.train_storage(), run_name).glob("checkpoint_*/checkpoint.pt"):
-            try:
-                step = torch.load(path, weights_only=True)["step"]
-            except (RuntimeError, EOFError, OSError):
-                continue  # still being written
-            if step >= minimum_step:
-                return step
-        time.sleep(0.5)
-    raise AssertionError(f"no checkpoint at step >= {minimum_step} within {timeout}s in {store.train_storage()}")
 
 
 def test_report_command_prints_the_benchmark_table_and_the_evaluation_wrote_it_in_three_formats(first_run):

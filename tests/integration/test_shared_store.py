@@ -8,11 +8,9 @@ runs on two clusters writing to one bucket would.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,6 @@ import pytest
 import yaml
 
 from pipelines.config import load_config
-from pipelines.leases import lease_uri
 from pipelines.runner import plan
 from pipelines.store import Store
 from tests.integration.ray_head import ROOT, clean_env
@@ -94,24 +91,3 @@ def test_two_runs_started_together_build_each_stage_once_and_the_second_uses_it_
         assert other["state"] == "cached" and other["reasons"] == [f"built by pipeline run {builder} while this run waited"]
     # Built once: one Ray Train run, whose checkpoints only the builder wrote.
     assert {records[r]["stages"]["train_baseline"]["state"] for r in records} == {"finished", "cached"}
-
-
-def test_a_dead_run_s_lease_expires_and_the_waiting_run_takes_the_stage_over(shared):
-    import boto3
-
-    config = config_on_s3(shared, "takeover", stages=("synthesize",))
-    entry = plan(load_config(config))[0]
-    bucket, _, key = lease_uri(load_config(config).store, entry.stage.name, entry.fingerprint)[len("s3://"):].partition("/")
-    # A dead run whose last heartbeat set an expiry 40 s later (the survivor's start takes 10-30 s).
-    expires = time.time() + 40
-    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(
-        {"owner": "dead-run", "token": "t0", "heartbeat_at": expires - 40, "expires_at": expires}).encode())
-    finish(start_run(shared, config, "survivor"))
-    info = Store(load_config(config).store).load_run("survivor")["stages"]["synthesize"]
-    assert info["state"] == "finished" and info["lease_taken_over_from"] == "dead-run"
-    assert expires <= info["started_at"]  # never while the dead run's lease held
-    if "waiting_since" in info:  # it got there before the expiry (a loaded machine may not)
-        assert info["waiting_since"] < expires
-    assert Store(load_config(config).store).manifest("synthesize", entry.fingerprint)["pipeline_run_id"] == "survivor"
-    head = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=key)  # released when the stage finished
-    assert head.get("KeyCount", 0) == 0

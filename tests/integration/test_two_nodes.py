@@ -1,5 +1,6 @@
 """The pipeline on a real two-node Ray cluster on this machine: branches in parallel across the
-nodes, a node lost mid-training, a driver killed mid-training.
+nodes, and a node lost mid-training. (A killed driver whose rerun takes its lease over:
+tests/integration/test_faults.py, on one node.)
 
 The cluster: a head (`ray start --head`, tests/integration/ray_head.py) and a second node
 (`ray start --address`), each with its own temp dir, object store and session, token auth. The
@@ -32,15 +33,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import storage
 from pipelines.config import load_config
-from pipelines.leases import lease_uri
 from pipelines.runner import plan
 from pipelines.store import Store
 from tests.integration.ray_head import (ROOT, Head, WorkerNode, cluster_nodes, running_head, running_worker_node,
                                         stop_session)
 from tests.integration.servers import Server, restartable_tracking_server, s3_server
-from tests.integration.tiny import write_tiny_config
+from tests.integration.tiny import registered_checkpoint, write_tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +48,6 @@ WORKER_IP = "127.0.0.2"
 BUCKET = "two-nodes"
 STEPS, EVERY = 40, 10  # the fault tests: a checkpoint every 10 steps, 30 steps of room to land each fault
 DRIVER_TIMEOUT_S = 420  # a run that hangs (the old code's lost object) fails the test instead of waiting forever
-# Test 3: the runner renews a lease at its 5 s looks once ttl/4 has passed: every ~10 s here, so a live
-# driver slowed down by a loaded machine keeps its lease, and a dead one's expires 20-30 s after the kill.
-LEASE_TTL_S = 30
 
 
 @dataclass
@@ -162,47 +158,16 @@ def finish(driver: subprocess.Popen, log: Path) -> str:
     return log.read_text()
 
 
-def stage_state(store: Store, run_id: str | None, stage: str) -> str | None:
-    """A stage's state in a run's record (run_id None: the store's only run); None before the record exists."""
-    try:
-        record = only_run(store) if run_id is None else store.load_run(run_id)
-    except (OSError, ValueError, AssertionError):
-        return None
-    return record["stages"][stage]["state"]
-
-
-def wait_for(value: Callable[[], object], what: str, driver: subprocess.Popen, log: Path, timeout: float = 300) -> object:
-    """`value()` once it is truthy; fails if `driver` exits or `timeout` passes first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = value()
-        if found:
-            return found
-        assert driver.poll() is None, f"the run ended before {what}:\n{log.read_text()[-4000:]}"
-        time.sleep(0.5)
-    raise AssertionError(f"waited {timeout}s for {what}:\n{log.read_text()[-4000:]}")
-
-
 def only_run(store: Store) -> dict:
     runs = store.list_runs()
     assert len(runs) == 1, [r["run_id"] for r in runs]
     return runs[0]
 
 
-def registered_step(store: Store, run_name: str) -> int:
-    """The step of the latest checkpoint Ray Train's controller has registered (0: none yet); what a
-    restarted worker group or a rerun gets back (tests/integration/test_faults.py, on any store)."""
-    try:
-        snapshot = storage.read_json(storage.join(store.train_storage(), run_name, "checkpoint_manager_snapshot.json"))
-    except (OSError, ValueError):
-        return 0  # not written yet, or being replaced
-    return int((snapshot.get("latest_checkpoint_result") or {}).get("metrics", {}).get("step", 0))
-
-
 def wait_for_checkpoint(store: Store, run_name: str, driver: subprocess.Popen, log: Path, timeout: float = 300) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        step = registered_step(store, run_name)
+        step = registered_checkpoint(store, run_name)
         if step >= EVERY:
             assert step < STEPS, f"training reached its last step ({step}) before the fault: raise STEPS"
             return step
@@ -337,46 +302,3 @@ def test_a_node_lost_mid_training_the_stage_finishes_from_its_last_checkpoint_on
     cluster.timings["node-loss: killed at checkpoint"] = killed_at
     cluster.timings["node-loss: resumed from"] = resumed
     cluster.timings["node-loss: attempts"] = len(train["attempts"])
-
-
-def test_a_killed_driver_s_resubmitted_run_waits_out_its_lease_skips_what_is_cached_and_resumes_training(cluster):
-    config = tiny_config(cluster.directory / "driver-kill", cluster.store("driver-kill"),
-                         lambda train: {"train": train}, lease_ttl_s=LEASE_TTL_S)
-    store = Store(load_config(config).store)
-    run_name = f"train-{fingerprint(config, 'train')}"
-    log = cluster.directory / "driver-kill.log"
-    with driving(cluster, config, log) as first:
-        first_id = wait_for(lambda: stage_state(store, None, "train") == "running" and only_run(store)["run_id"],
-                            "the first run's train stage to start", first, log)
-        # The same command again, as a user (or a scheduler) resubmits a run it believes hung. Sent
-        # before the kill, so that it surely finds the lease held, whatever its start-up costs here.
-        with driving(cluster, config, log) as rerun:
-            rerun_id = wait_for(lambda: next((r["run_id"] for r in store.list_runs() if r["run_id"] != first_id
-                                              and r["stages"]["train"].get("waiting_for") == first_id), None),
-                                "the resubmitted run to wait on the first run's lease", rerun, log)
-            checkpoint = wait_for_checkpoint(store, run_name, first, log)
-            os.kill(first.pid, signal.SIGKILL)  # the `facerestore run` process itself, as the OOM killer would
-            killed_at = time.time()
-            first.wait()
-            lease = storage.read_json(lease_uri(store.uri, "train", fingerprint(config, "train")))
-            assert lease["owner"] == first_id  # left behind: nobody released it
-            output = finish(rerun, log)
-    assert rerun.returncode == 0, output[-6000:]
-    assert stage_state(store, first_id, "train") == "running"  # the first driver died mid-stage
-    record = store.load_run(rerun_id)
-    assert record["state"] == "finished"
-    stages = record["stages"]
-    assert stages["synthesize"]["state"] == "cached" and "attempts" not in stages["synthesize"]
-    train = stages["train"]
-    assert train["state"] == "finished" and "previous output is incomplete (interrupted run)" in train["reasons"]
-    assert train["metrics"]["step"] == STEPS
-    resumed = train["metrics"]["resumed_from"]
-    assert resumed % EVERY == 0 and EVERY <= checkpoint <= resumed < STEPS, (checkpoint, resumed)
-    # The stage waited until the dead run's lease expired, then the resubmitted run took it over.
-    assert train["lease_taken_over_from"] == first_id, train
-    started = train["attempts"][0]["started_at"]
-    assert started >= lease["expires_at"] > killed_at and [a["attempt"] for a in train["attempts"]] == [1]
-    cluster.timings["driver-kill: killed at checkpoint"] = checkpoint
-    cluster.timings["driver-kill: resumed from"] = resumed
-    cluster.timings["driver-kill: rerun waited for the lease s"] = round(started - train["waiting_since"], 1)
-    cluster.timings["driver-kill: kill -> lease taken over s"] = round(started - killed_at, 1)

@@ -1,4 +1,5 @@
-"""Stage leases on a local folder: one holder at a time, expiry, takeover, renewal, release."""
+"""Stage leases: one holder at a time, expiry, takeover, renewal, release; on a local folder and on
+S3 (moto's in-process S3, which honours the conditional writes `If-None-Match: *` and `If-Match`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,41 @@ import time
 
 import pytest
 
-from pipelines.leases import LeaseLost, LocalLeases
+from components.storage import S3_ENDPOINT_VARIABLES
+from pipelines.leases import LeaseLost, LocalLeases, S3Leases
 
 
-def test_a_second_run_finds_the_lease_held_and_learns_by_whom(tmp_path):
-    leases, uri = LocalLeases(ttl_s=60), str(tmp_path / "lease.json")
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path, monkeypatch):
+    """(lease class, where a lease lives): a local folder or a bucket."""
+    if request.param == "local":
+        yield LocalLeases, str(tmp_path / "lease.json")
+        return
+    import boto3
+    from moto import mock_aws
+
+    for name in S3_ENDPOINT_VARIABLES:  # moto answers for AWS itself, not a named endpoint
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="leases")
+        yield S3Leases, "s3://leases/leases/train/abc.json"
+
+
+def test_a_second_run_finds_the_lease_held_and_learns_by_whom(store):
+    kind, uri = store
+    leases = kind(ttl_s=60)
     ours, holder = leases.try_acquire(uri, "run-a")
     assert ours is not None and holder is None and ours.owner == "run-a"
     theirs, holder = leases.try_acquire(uri, "run-b")
     assert theirs is None and holder.owner == "run-a" and holder.token == ours.token
 
 
-def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it_lost_it(tmp_path):
-    leases, uri = LocalLeases(ttl_s=0.2), str(tmp_path / "lease.json")
+def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it_lost_it(store):
+    kind, uri = store
+    leases = kind(ttl_s=0.2)
     dead, _ = leases.try_acquire(uri, "dead-run")
     time.sleep(0.3)
     taken, holder = leases.try_acquire(uri, "run-b")
@@ -28,10 +51,12 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it_lost_it(tmp
         leases.renew(dead)
     leases.release(dead)  # a stale holder's release leaves the new lease alone
     assert leases.read(uri).token == taken.token
+    assert getattr(leases, "conditional", True)  # on S3: by conditional writes, not the best-effort fallback
 
 
-def test_renewal_pushes_the_expiry_and_release_frees_the_stage(tmp_path):
-    leases, uri = LocalLeases(ttl_s=0.5), str(tmp_path / "lease.json")
+def test_renewal_pushes_the_expiry_and_release_frees_the_stage(store):
+    kind, uri = store
+    leases = kind(ttl_s=0.5)
     ours, _ = leases.try_acquire(uri, "run-a")
     time.sleep(0.3)
     renewed = leases.renew(ours)
