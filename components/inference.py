@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from components.data.schema import encode_png
 from components.data.sources import SkippedImage, read_photo
+from components.models.base import Method
 from components.tasks import Task, task_of
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -35,7 +35,7 @@ class RestoreError(ValueError):
 
 @dataclass(frozen=True)
 class Restorer:
-    method: Any
+    method: Method
     resolution: int
     sr_factor: int = 1
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: importing torch here would slow every config load
+    from components.models.base import Method
 
 METHODS: dict[str, str] = {
     "baseline": "components.models.baseline:Baseline",
@@ -31,7 +34,7 @@ class UnknownMethodError(KeyError, ValueError):
         return str(self.args[0])
 
 
-def method_class(name: str) -> type:
+def method_class(name: str) -> type[Method]:
     """The Method class registered under `name`, imported now."""
     if name not in METHODS:
         raise UnknownMethodError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
@@ -39,13 +42,13 @@ def method_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), attribute)
 
 
-def build_method(name: str, cfg: Mapping[str, Any], upstream: Mapping[str, str | Path] | None = None) -> Any:
+def build_method(name: str, cfg: Mapping[str, Any], upstream: Mapping[str, str | Path] | None = None) -> Method:
     """A fresh method from its config dict, validated by its Config (pydantic's ValidationError propagates)."""
     cls = method_class(name)
     return cls(cls.Config.model_validate(dict(cfg)), dict(upstream or {}))
 
 
-def load_method(state: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+def load_method(state: Mapping[str, Any], config: Mapping[str, Any]) -> Method:
     """The method rebuilt from its `export()`: networks loaded strictly, in eval mode, on CPU."""
     name = config.get("method")
     if not isinstance(name, str):

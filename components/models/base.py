@@ -1,4 +1,4 @@
-"""The Method contract every model under components/models follows, and the base class it subclasses.
+"""`Method`, the base class every method under components/models subclasses, and its config.
 
 A method owns only its maths: it builds its networks and optimisers from a typed config,
 does one training step (its own G/D alternation included), restores a batch and exports
@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,30 +56,10 @@ class MethodConfig(BaseModel):
         return betas
 
 
-@runtime_checkable
-class Method(Protocol):
-    """What the training loop, the evaluate stage and inference code against (docs/architecture.md, Method interface)."""
-
-    name: ClassVar[str]  # registry key in components.models.METHODS
-    task: ClassVar[str]  # a name in components.tasks.TASKS
-    inputs: ClassVar[tuple[str, ...]]  # shard columns it reads: ("hq", "lq", "mask")
-    Config: ClassVar[type[MethodConfig]]
-
-    def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None: ...
-
-    def networks(self) -> dict[str, nn.Module]: ...
-
-    def optimizers(self) -> dict[str, Optimizer]: ...
-
-    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]: ...
-
-    def restore(self, batch: dict[str, Tensor]) -> Tensor: ...
-
-    def export(self) -> tuple[dict[str, Tensor], dict[str, Any]]: ...
-
-
-class MethodBase(ABC):
-    """Holds the config, the upstream model URIs, the live network dict and the optimisers.
+class Method(ABC):
+    """What every method subclasses, and what the training loop, the evaluate stage, inference and
+    the MLflow model are typed with: the config, the upstream model URIs, the live network dict
+    and the optimisers.
 
     A subclass sets `name`, `inputs` and `Config`, and implements `build_networks`,
     `build_optimizers`, `training_step` and `restore`. `upstream` maps an earlier stage's
@@ -159,7 +139,7 @@ class MethodBase(ABC):
         return state, {"method": self.name, "task": self.task, "config": self.cfg.model_dump(mode="json")}
 
     @classmethod
-    def load_exported(cls, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> MethodBase:
+    def load_exported(cls, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Method:
         """The method rebuilt from `export()`, every network loaded strictly, in eval mode, on CPU."""
         if config.get("method") != cls.name:
             raise ValueError(f"config is for method '{config.get('method')}', not '{cls.name}'")

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from components.models.base import MethodBase, MethodConfig
+from components.models.base import Method, MethodConfig
 from components.networks.inputs import model_input
 from components.networks.unet import BaselineUNet
 
@@ -33,7 +33,7 @@ class BaselineConfig(MethodConfig):
     depth: int = Field(3, ge=1, le=6, description="number of stride-2 levels; H and W must divide by 2**depth")
 
 
-class Baseline(MethodBase):
+class Baseline(Method):
     """The learned baseline: BaselineUNet trained with L1 to `hq`, one network "g", one Adam."""
 
     name: ClassVar[str] = "baseline"

@@ -33,7 +33,7 @@ from components.models.adversarial import (
     discriminator_step,
     generator_adversarial,
 )
-from components.models.base import MethodBase, Upstream
+from components.models.base import Method, Upstream
 from components.networks.cafin import REFINE_SCALE, CAFINGenerator
 from components.networks.inputs import model_input, paste_known
 from components.networks.patchgan import PatchDiscriminator
@@ -80,7 +80,7 @@ class CAFINConfig(AdversarialConfig):
         return self
 
 
-class CAFIN(MethodBase):
+class CAFIN(Method):
     """CAFIN: generator "g" (both stages) and PatchGAN "d", one Adam each; G/D alternate in each step."""
 
     name: ClassVar[str] = "cafin"

@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 
 from components.losses.adversarial import AdversarialLoss
 from components.losses.patchnce import PatchNCELoss, PatchProjection, sample_locations
-from components.models.base import MethodBase, MethodConfig
+from components.models.base import Method, MethodConfig
 from components.networks.contrastive_inpaint import LAYERS_BEFORE_BLOCKS, OUT_CHANNELS, AttentionResnetGenerator
 from components.networks.inputs import model_input, paste_known
 from components.networks.patchgan import PatchDiscriminator
@@ -81,7 +81,7 @@ class ContrastiveInpaintConfig(MethodConfig):
         return self
 
 
-class ContrastiveInpaint(MethodBase):
+class ContrastiveInpaint(Method):
     """Unpaired inpainting: generator "g", projection head "f", spectral-norm PatchGAN "d"."""
 
     name: ClassVar[str] = "contrastive_inpaint"

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from components.models.base import MethodBase, MethodConfig
+from components.models.base import Method, MethodConfig
 from components.networks.ctcnet import CTCNetGenerator
 
 
@@ -66,7 +66,7 @@ def check_pair_sizes(lr: Tensor, hq: Tensor, scale: int) -> None:
                          f"so hq should be {expected[0]}x{expected[1]}, but hq is {hq.shape[-2]}x{hq.shape[-1]}")
 
 
-class CTCNet(MethodBase):
+class CTCNet(Method):
     """CTCNet trained with L1 to `hq`: one network "g" (CTCNetGenerator), one Adam."""
 
     name: ClassVar[str] = "ctcnet"

@@ -34,7 +34,7 @@ from torch.optim import Optimizer
 from components.data.degrade import DegradationConfig, DegradationParams, sample_degradation
 from components.data.degrade_gpu import degrade_batch
 from components.losses.infonce import contrastive_logits, info_nce
-from components.models.base import MethodBase, MethodConfig, NotARestorer
+from components.models.base import Method, MethodConfig, NotARestorer
 from components.networks.dre import DegradationEncoder, MomentumKeyEncoder
 
 
@@ -74,7 +74,7 @@ class DegradedPairs:
     partner: list[int]
 
 
-class DRE(MethodBase):
+class DRE(Method):
     """Panini-Net's degradation representation encoder, pretrained with MoCo (see the module docstring)."""
 
     name: ClassVar[str] = "dre"

@@ -33,7 +33,7 @@ from components.losses.adversarial import AdversarialLoss
 from components.losses.feature_matching import feature_matching_loss
 from components.metrics.edges import edge_scores
 from components.models.adversarial import AdversarialConfig, discriminator_adam, discriminator_step
-from components.models.base import MethodBase, Upstream
+from components.models.base import Method, Upstream
 from components.networks.edge_gan import EdgeGenerator
 from components.networks.inputs import fill_holes
 from components.networks.patchgan import PatchDiscriminator
@@ -146,7 +146,7 @@ def predict_edges(generator: nn.Module, image: Tensor, mask: Tensor, known_edges
     return torch.where(hole.bool(), predicted.to(image.dtype), known_edges)
 
 
-class EdgeGAN(MethodBase):
+class EdgeGAN(Method):
     """EdgeConnect's edge model: generator "g", PatchGAN "d", adversarial + feature matching losses."""
 
     name: ClassVar[str] = "edge_gan"

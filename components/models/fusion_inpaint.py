@@ -35,7 +35,7 @@ from components.models.adversarial import (
     discriminator_step,
     generator_adversarial,
 )
-from components.models.base import MethodBase, Upstream
+from components.models.base import Method, Upstream
 from components.models.files import load_upstream
 from components.networks.fusion_inpaint import OUT_CHANNELS, FusionGenerator
 from components.networks.inputs import paste_known
@@ -81,7 +81,7 @@ class FusionInpaintConfig(AdversarialConfig):
             raise ValueError(f"'edge' is not a valid edge_gan config: {err}") from err
 
 
-class FusionInpaint(MethodBase):
+class FusionInpaint(Method):
     """Stage-2 inpainting: FusionGenerator "g" guided by the frozen upstream edge generator "edge", PatchGAN "d"."""
 
     name: ClassVar[str] = "fusion_inpaint"

@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 
 from components.losses.adversarial import AdversarialLoss
 from components.losses.perceptual import PerceptualLoss, VGG19Features
-from components.models.base import MethodBase, MethodConfig, Upstream
+from components.models.base import Method, MethodConfig, Upstream
 from components.models.dre import DREConfig
 from components.models.files import load_upstream
 from components.models.stylegan2 import StyleGAN2Config
@@ -106,7 +106,7 @@ class PaniniConfig(MethodConfig):
         return self
 
 # -- the method ----------------------------------------------------------------------------------
-class Panini(MethodBase):
+class Panini(Method):
     """Panini-Net: networks "g", "dre" (condition "dre"), "prior", "d" (gan_weight > 0); see the module docstring."""
 
     name: ClassVar[str] = "panini"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from components.losses.adversarial import AdversarialLoss
-from components.models.base import MethodBase, MethodConfig, NotARestorer, Upstream
+from components.models.base import Method, MethodConfig, NotARestorer, Upstream
 from components.networks.stylegan2 import Discriminator, Generator, channel_table
 from components.networks.stylegan2_convert import Layout, load_pretrained
 
@@ -103,7 +103,7 @@ def accumulate(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-class StyleGAN2(MethodBase):
+class StyleGAN2(Method):
     """The StyleGAN2 prior: networks "g", "d", "g_ema"; see the module docstring."""
 
     name: ClassVar[str] = "stylegan2"
@@ -170,7 +170,7 @@ class StyleGAN2(MethodBase):
             "StyleGAN2.generate(n, seed) for samples, or use it as Panini-Net's upstream prior")
 
     def export(self) -> tuple[dict[str, Tensor], dict]:
-        """As MethodBase, with `pretrained` None: the exported weights already hold the checkpoint."""
+        """As Method, with `pretrained` None: the exported weights already hold the checkpoint."""
         state, config = super().export()
         config["config"]["pretrained"] = None
         return state, config

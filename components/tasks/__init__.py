@@ -23,10 +23,9 @@ Adding a task is one more `Task` here (docs/architecture.md, "Tasks").
 
 from __future__ import annotations
 
-from typing import Any
-
 from components import baselines
 from components.metrics.scoring import edge_map_scores, image_scores, inpainting_scores
+from components.models.base import Method, MethodConfig
 from components.tasks.base import Batch, Scoring, Task
 
 __all__ = ["EDGES", "INPAINTING", "PRIOR", "REPRESENTATION", "RESTORATION", "SUPER_RESOLUTION", "TASKS",
@@ -114,11 +113,11 @@ def task_named(name: str) -> Task:
     return TASKS[name]
 
 
-def task_of(method: Any) -> Task:
+def task_of(method: Method) -> Task:
     """The task of a built or loaded method."""
     return task_named(method.task)
 
 
-def training_columns(method: Any, cfg: Any) -> tuple[str, ...]:
+def training_columns(method: type[Method], cfg: MethodConfig) -> tuple[str, ...]:
     """The shard columns a method class trains on with `cfg`, checked against its task."""
     return task_named(method.task_for(cfg)).training_columns(method, cfg)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from components.models.base import Method, MethodConfig, NotARestorer
 
 Batch = dict[str, Tensor]
 # What `Method.restore` gets as `mask` at inference: none at all; an all-zero one unless a mask
@@ -57,8 +59,8 @@ class Task:
     def needs_mask(self) -> bool:
         return self.mask == "holes"
 
-    def training_columns(self, method: Any, cfg: Any) -> tuple[str, ...]:
-        """The shard columns `method` (a Method class) trains on with `cfg`: its own `columns(cfg)`,
+    def training_columns(self, method: type[Method], cfg: MethodConfig) -> tuple[str, ...]:
+        """The shard columns `method` (a class) trains on with `cfg`: its own `columns(cfg)`,
         checked against this task, so a method cannot silently train on another task's data."""
         columns = tuple(method.columns(cfg))
         missing = [c for c in self.train_columns if c not in columns]
@@ -74,8 +76,6 @@ class Task:
         """What `Method.restore` gets at inference from an image (N, 3, h, w) and, for a task that
         takes holes, the holes (N, 1, h, w)."""
         if self.image_input is None:
-            from components.models.base import NotARestorer
-
             raise NotARestorer(f"a '{self.name}' model takes no image: it is upstream material for another method")
         batch = {self.image_input: image}
         if self.mask == "holes":

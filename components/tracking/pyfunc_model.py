@@ -10,13 +10,14 @@ task's (components/tasks: `Task.inference_batch`), as for `facerestore restore`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from components.models.base import Method
+
 
 class RestorationModel:
-    def __init__(self, method: Any):
+    def __init__(self, method: Method):
         self.method = method
 
     def predict(self, model_input: dict[str, np.ndarray], params: dict | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.models.base import Method
 from components.training.spec import CHECKPOINT_FILE
 
 
@@ -20,7 +21,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def capture(method: Any, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+def capture(method: Method, step: int, metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "step": step,
         "nets": {name: unwrap(net).state_dict() for name, net in method.networks().items()},
@@ -40,7 +41,7 @@ def load(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
 
-def apply(method: Any, state: dict[str, Any]) -> int:
+def apply(method: Method, state: dict[str, Any]) -> int:
     """Loads a checkpoint into a method whose networks are already on their device; returns the step."""
     for name, net in method.networks().items():
         unwrap(net).load_state_dict(state["nets"][name])

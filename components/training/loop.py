@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from components.models import build_method
+from components.models.base import Method
 from components.training import checkpoint
 from components.training.spec import TrainSpec
 
@@ -70,12 +71,12 @@ def train_loop(config: dict[str, Any]) -> None:
         report(method, step, metrics, start, rank, logger.finish() if logger else None)
 
 
-def place_networks(method: Any, device: torch.device) -> None:
+def place_networks(method: Method, device: torch.device) -> None:
     for net in method.networks().values():
         net.to(device)
 
 
-def resume(method: Any) -> int:
+def resume(method: Method) -> int:
     saved = ray.train.get_checkpoint()
     if saved is None:
         return 0
@@ -83,7 +84,7 @@ def resume(method: Any) -> int:
         return checkpoint.apply(method, checkpoint.load(directory))
 
 
-def wrap_for_ddp(method: Any, device: torch.device, world: int) -> None:
+def wrap_for_ddp(method: Method, device: torch.device, world: int) -> None:
     """Replaces each trainable network by its DDP wrapper in the method's live dict."""
     if world < 2:
         return
@@ -128,7 +129,7 @@ def with_unpaired(batches: Iterator[tuple[dict[str, torch.Tensor], int]],
         yield {**batch, **{f"unpaired_{key}": value for key, value in other.items()}}, epoch
 
 
-def report(method: Any, step: int, metrics: dict[str, float], start: int, rank: int,
+def report(method: Method, step: int, metrics: dict[str, float], start: int, rank: int,
            tracking: dict[str, float] | None = None) -> None:
     """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint. `tracking`: the
     MLflow sender's counts, in the report only (the checkpoint's metrics are the losses)."""

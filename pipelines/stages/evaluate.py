@@ -12,12 +12,15 @@ logs both to the stage's MLflow run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.metrics.learned import LearnedMetricsConfig
 from pipelines.context import StageContext, StageOutput
+
+if TYPE_CHECKING:  # annotations only: importing torch here would slow every config load
+    from components.models.base import Method
 
 CODE_VERSION = "2"
 
@@ -106,7 +109,7 @@ def score_task(task: Any, methods: dict[str, Any], data: dict, batch_size: int) 
     return {name: scoring.score(out, data) for name, out in outputs.items()}, outputs
 
 
-def restore_all(method: Any, batch: dict, batch_size: int):
+def restore_all(method: Method, batch: dict, batch_size: int):
     import torch
 
     count = len(next(iter(batch.values())))

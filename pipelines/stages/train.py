@@ -6,11 +6,14 @@ a crashed stage resumes from its latest checkpoint; a forced rerun deletes it fi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.context import StageContext, StageOutput
+
+if TYPE_CHECKING:  # annotations only: importing torch here would slow every config load
+    from components.models.base import Method
 
 CODE_VERSION = "1"
 
@@ -116,7 +119,7 @@ def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict
                                 "parameters": count_parameters(method), "trained": False})
 
 
-def save_trained(ctx: StageContext, method: Any, shards: Any) -> dict[str, Any]:
+def save_trained(ctx: StageContext, method: Method, shards: Any) -> dict[str, Any]:
     """The model directory users receive (safetensors + config.json with its data); returns that data."""
     from components.models.files import save_model_dir
 
@@ -126,7 +129,7 @@ def save_trained(ctx: StageContext, method: Any, shards: Any) -> dict[str, Any]:
     return model_config["data"]
 
 
-def publish_samples(ctx: StageContext, method: Any) -> None:
+def publish_samples(ctx: StageContext, method: Method) -> None:
     """samples.png (in the stage output and its MLflow run) for a method that draws samples: a
     GAN prior's faces, in a square grid, the same seeds each time."""
     import math
@@ -160,5 +163,5 @@ def rebuild(cfg: Config, state: dict[str, Any], upstream: dict[str, str]) -> Any
     return method
 
 
-def count_parameters(method: Any) -> dict[str, int]:
+def count_parameters(method: Method) -> dict[str, int]:
     return {name: sum(p.numel() for p in net.parameters()) for name, net in method.networks().items()}
