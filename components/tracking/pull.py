@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.models.files import CONFIG, WEIGHTS
+from components.tasks import task_named
 
 CARD = "MODEL_CARD.md"
 DEFAULT_ALIAS = "champion"
@@ -110,7 +111,7 @@ def model_card(model: PulledModel, config: dict[str, Any], tracking_uri: str) ->
         "## Use",
         "",
         f"`facerestore restore --model {model.directory} PHOTO... --out DIR`"
-        + (" `--mask MASK`" if config.get("task") == "inpainting" else ""),
+        + (" `--mask MASK`" if "task" in config and task_named(config["task"]).needs_mask else ""),
         "",
         f"Files: `{WEIGHTS}` (safetensors) and `{CONFIG}`; no pickle is needed to load them.",
         "",
