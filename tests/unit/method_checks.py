@@ -1,11 +1,13 @@
-"""Checks every method's tests share: real face batches, export round trip, bf16, DDP.
+"""What the method tests share: real face batches, each method's tiny CPU config and upstream
+models, and checks the contract test (test_method_contract.py) and a method's own file both use.
 
-A method's test file imports these instead of writing its own copies:
-
-    batch = face_batch(columns=Inpaint.inputs, size=32)
+    batch = face_batch(columns=("hq", "mask"), size=32)
+    method = build_method("cafin", TINY_CONFIGS["cafin"])
+    batch = method_batch("cafin")  # what a cafin training step and restore read
+    upstream = save_upstream("panini", tmp_path_factory.mktemp)  # {"pretrain_dre": dir, "train_prior": dir}
     assert_export_round_trip(method, batch)
-    assert_training_step_finite_under_bf16(method, batch)
     run_ddp_steps("cafin", {...}, batch)
+    run_ddp_steps_of_each({"cafin": (cfg, batch, {}), ...})  # several methods, one pair of processes
     run_on_two_gloo_ranks(module_level_fn, *args)  # anything else that needs 2 DDP ranks
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from datetime import timedelta
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +26,49 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from components.models import build_method, load_method
+from components.models import build_method, load_method, method_class
+
+# Each registered method's narrow CPU config: a training step takes well under a second. A
+# method's test file starts from its entry; the contract test builds every method from it.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "baseline": {"width": 8, "depth": 2},
+    "edge_gan": {"width": 8, "d_width": 8, "residual_blocks": 2},
+    "fusion_inpaint": {"width": 8, "residual_blocks": 2, "dense_layers": 2, "growth": 8, "attention_reduction": 4,
+                       "d_width": 8},
+    "cafin": {"width": 8, "depth": 2, "refine_width": 8, "residual_blocks": 1, "attention_heads": 2, "d_width": 8},
+    "contrastive_inpaint": {"width": 8, "n_blocks": 2, "disc_width": 8, "nce_layers": [0, 4, 8, 12],
+                            "num_patches": 64},
+    # Narrow copy: widths 8 / 16 / 32, one Transformer block per LGCM, one FRM.
+    "ctcnet": {"scale": 4, "width": 8, "encoder_blocks": [1, 1, 1], "refinement_blocks": 1, "fsau_depth": 2,
+               "frm_fsau_depth": 1},
+    # 32 px faces need no 256 px pooling, a 13 px kernel covers sigma 3, and one scale keeps the
+    # batched JPEG to one call: what keeps a CPU step cheap.
+    "dre": {"width": 8, "dim": 16, "queue_size": 32, "input_size": None, "momentum": 0.99,
+            "degradation": {"kernel_size": 13, "sigma": [0.2, 3.0], "scale": [1.0, 1.0], "noise": [0, 15],
+                            "jpeg_quality": [60, 100]}},
+    # 16 px, 8 channels everywhere (512 / 64), a 2-layer mapping of width 16: a few thousand parameters.
+    "stylegan2": {"resolution": 16, "style_dim": 16, "n_mlp": 2, "width_scale": 1 / 64, "ema_kimg": 0.01},
+    "panini": {"rrdb_channels": 8, "num_rrdbs": 1, "growth_channels": 8, "stem_width": 16},
+}
+
+# The earlier stages a method builds on, as the pipeline hands them over: stage -> (method, config)
+# of a tiny untrained model (Panini's: a DRE with a 4 * 4 = 16-d vector, a 32 px prior).
+TINY_UPSTREAM: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "fusion_inpaint": {"train_edge": ("edge_gan", {"width": 8, "residual_blocks": 1, "d_width": 8})},
+    "panini": {"pretrain_dre": ("dre", {"width": 4, "dim": 8, "queue_size": 16, "input_size": None}),
+               "train_prior": ("stylegan2", {"resolution": 32, "style_dim": 16, "n_mlp": 1, "width_scale": 1 / 16})},
+}
+
+# Blind degradations of Panini's tests: noise-led (a 32 px face cannot take GFPGAN's x8 downscale).
+BLIND = {"kernel_size": 7, "sigma": [0.2, 1.0], "scale": [1.0, 2.0], "noise": [25.0, 50.0], "jpeg_quality": [80, 100]}
+
+# How a method's faces differ from face_batch's default (32 px, SampleConfig defaults): the side
+# its config needs and the SampleConfig keys its columns need.
+TINY_FACES: dict[str, dict[str, Any]] = {
+    "ctcnet": {"super_resolution": {"factor": 4}},
+    "stylegan2": {"size": 16},
+    "panini": {"degradation": BLIND},
+}
 
 
 def face_batch(n: int = 4, size: int = 32, columns: Sequence[str] = ("hq", "lq", "mask", "edge"),
@@ -39,6 +84,38 @@ def face_batch(n: int = 4, size: int = 32, columns: Sequence[str] = ("hq", "lq",
     cfg = SampleConfig(resolution=size, **sample_config)
     table = make_procedural_rows(range(n), seed, cfg)
     return {name: torch.from_numpy(array) for name, array in table_to_arrays(table, list(columns)).items()}
+
+
+def method_batch(name: str, n: int = 4, seed: int = 0) -> dict[str, Tensor]:
+    """What method `name` with its TINY_CONFIGS entry reads: the columns its task trains it on,
+    those its task's evaluation reads, and `unpaired_<column>` (other faces) for a column it also
+    draws unpaired; faces as TINY_FACES says."""
+    from components.tasks import task_named, training_columns
+
+    cls = method_class(name)
+    config = cls.Config.model_validate(TINY_CONFIGS[name])
+    task = task_named(cls.task_for(config))
+    columns = {*training_columns(cls, config), *(task.scoring.columns if task.scoring else ())}
+    faces = {"size": 32, **TINY_FACES.get(name, {})}
+    batch = face_batch(n=n, columns=sorted(columns), seed=seed, **faces)
+    for column in cls.unpaired:
+        batch[f"unpaired_{column}"] = face_batch(n=n, columns=(column,), seed=seed + 100, **faces)[column]
+    return batch
+
+
+def save_upstream(name: str, make_dir: Callable[[str], Any]) -> dict[str, str]:
+    """Stage -> model directory of the tiny untrained upstream models method `name` builds on
+    (TINY_UPSTREAM; {} for a method without any), each saved by `save_model_dir` into
+    `make_dir(stage)` (pytest's `tmp_path_factory.mktemp`), each built after `torch.manual_seed(1)`."""
+    from components.models.files import save_model_dir
+
+    dirs = {}
+    for stage, (method, cfg) in TINY_UPSTREAM.get(name, {}).items():
+        torch.manual_seed(1)
+        directory = str(make_dir(stage))
+        save_model_dir(directory, *build_method(method, cfg).export())
+        dirs[stage] = directory
+    return dirs
 
 
 def parameter_count(method: Any) -> dict[str, int]:
@@ -80,14 +157,6 @@ def assert_training_step_finite_under_bf16(method: Any, batch: Mapping[str, Tens
     return losses
 
 
-def assert_inpainting_keeps_known_pixels(method: Any, batch: Mapping[str, Tensor]) -> None:
-    """restore returns the photo's known pixels exactly; only the holes change."""
-    out = method.restore(dict(batch))
-    known = ~batch["mask"].bool().expand_as(out)
-    assert out.shape == batch["lq"].shape
-    assert torch.equal(out[known], batch["lq"][known])
-
-
 def run_ddp_steps(method: str, cfg: Mapping[str, Any], batch: Mapping[str, Tensor], steps: int = 2,
                   upstream: Mapping[str, str] | None = None) -> list[dict[str, float]]:
     """`steps` training steps on 2 gloo DDP processes, networks wrapped as the training loop
@@ -95,6 +164,27 @@ def run_ddp_steps(method: str, cfg: Mapping[str, Any], batch: Mapping[str, Tenso
     in-place buffer updates between forwards, parameters that get no gradient."""
     return run_on_two_gloo_ranks(_training_steps, method, dict(cfg), {k: v.clone() for k, v in batch.items()},
                                  steps, dict(upstream or {}))
+
+
+def run_ddp_steps_of_each(cases: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Tensor], Mapping[str, str]]],
+                          steps: int = 2) -> dict[str, list[dict[str, float]] | str]:
+    """`run_ddp_steps` for each method of `cases` (name -> (cfg, batch, upstream)) in ONE pair of
+    gloo processes: starting them costs more than a tiny method's steps. Returns name -> rank 0's
+    losses, or the error the method's steps raised, as "Type: message" (both ranks run the same
+    steps, so both raise it and go on to the next method)."""
+    cases = {name: (dict(cfg), {k: v.clone() for k, v in batch.items()}, dict(upstream))
+             for name, (cfg, batch, upstream) in cases.items()}
+    return run_on_two_gloo_ranks(_training_steps_of_each, cases, steps)
+
+
+def _training_steps_of_each(rank: int, world: int, cases: dict, steps: int) -> dict:
+    results: dict = {}
+    for name, (cfg, batch, upstream) in cases.items():
+        try:
+            results[name] = _training_steps(rank, world, name, cfg, batch, steps, upstream)
+        except Exception as error:  # reported by name to the caller
+            results[name] = f"{type(error).__name__}: {error}"
+    return results
 
 
 def _training_steps(rank: int, world: int, method_name: str, cfg: dict, batch: dict, steps: int,
@@ -120,7 +210,9 @@ def _gloo_rank(rank: int, world: int, port: int, fn: Callable[..., Any], args: t
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A rank left waiting in a collective (its peer failed a step the other passed) fails after
+    # 2 minutes, not gloo's default 30.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=2))
     try:
         result = fn(rank, world, *args)
         if rank == 0:

@@ -4,15 +4,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 
 from components.models import METHODS, UnknownMethodError, build_method, load_method, method_class
-from components.models.base import Method
 from components.models.baseline import Baseline
 from components.networks.inputs import fill_holes, model_input
 from components.networks.unet import BaselineUNet
+from tests.unit.method_checks import TINY_CONFIGS
 
-TINY = {"width": 8, "depth": 2}
+TINY = TINY_CONFIGS["baseline"]
 
 
 def make_batch(n=2, size=32, seed=0, noise=0.02):
@@ -73,8 +72,6 @@ def test_restore_is_the_clamped_network_output_without_compositing():
     for step in (1, 2, 3):
         method.training_step(batch, step)
     restored = method.restore(batch)
-    assert restored.shape == (2, 3, 32, 32)
-    assert restored.min() >= 0.0 and restored.max() <= 1.0
     with torch.no_grad():
         expected = method.networks()["g"](model_input(batch)).clamp(0, 1)
     assert torch.equal(restored, expected)
@@ -82,25 +79,10 @@ def test_restore_is_the_clamped_network_output_without_compositing():
     assert not torch.equal(restored[known], batch["lq"][known])
 
 
-def test_restore_leaves_networks_in_training_mode_and_builds_no_graph():
-    method = build_method("baseline", TINY)
-    restored = method.restore(make_batch())
-    assert method.networks()["g"].training
-    assert not restored.requires_grad
-
-
-def test_export_then_load_method_restores_identically():
-    torch.manual_seed(0)
-    method = build_method("baseline", TINY)
-    batch = make_batch()
-    for step in range(1, 3):
-        method.training_step(batch, step)
-    state, config = method.export()
+def test_export_records_the_whole_config_with_its_defaults():
+    state, config = build_method("baseline", TINY).export()
     assert config == {"method": "baseline", "task": "restoration", "config": {"lr": 2e-4, "betas": [0.9, 0.99], **TINY}}
     assert all(key.startswith("g.") for key in state)
-    loaded = load_method(state, config)
-    assert isinstance(loaded, Baseline)
-    assert torch.equal(loaded.restore(batch), method.restore(batch))
 
 
 def test_load_method_rejects_a_state_missing_a_weight():
@@ -130,9 +112,9 @@ def test_networks_are_reached_through_the_live_dict_so_a_wrapper_swapped_in_is_u
     assert wrapper.calls == 1
 
 
-def test_baseline_satisfies_the_method_protocol():
-    assert isinstance(build_method("baseline", TINY), Method)
-    assert method_class("baseline").inputs == ("hq", "lq", "mask")
+def test_baseline_is_a_restoration_method_reading_hq_lq_and_mask():
+    assert method_class("baseline") is Baseline
+    assert (Baseline.task, Baseline.inputs) == ("restoration", ("hq", "lq", "mask"))
 
 
 def test_registry_names_the_unknown_method_and_lists_known_ones():
@@ -140,11 +122,6 @@ def test_registry_names_the_unknown_method_and_lists_known_ones():
         method_class("nope")
     assert "nope" in str(info.value) and all(name in str(info.value) for name in METHODS)
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
-
-
-def test_build_method_rejects_an_unknown_setting_with_pydantics_error():
-    with pytest.raises(ValidationError, match="widht"):
-        build_method("baseline", {"widht": 8})
 
 
 def test_importing_the_registry_does_not_import_torch():

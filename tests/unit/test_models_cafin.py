@@ -6,21 +6,12 @@ from pydantic import ValidationError
 
 from components.metrics.image_quality import psnr
 from components.models import build_method
-from components.models.base import Method
 from components.models.cafin import CAFIN
 from components.networks.cafin import CAFINGenerator, ChannelCrossAttention, DualUpsample, SpatialCrossAttention
 from components.networks.inputs import fill_holes, model_input
-from tests.unit.method_checks import (
-    assert_export_round_trip,
-    assert_inpainting_keeps_known_pixels,
-    assert_training_step_finite_under_bf16,
-    face_batch,
-    mean,
-    parameter_count,
-    run_ddp_steps,
-)
+from tests.unit.method_checks import TINY_CONFIGS, face_batch, mean, parameter_count
 
-TINY = {"width": 8, "depth": 2, "refine_width": 8, "residual_blocks": 1, "attention_heads": 2, "d_width": 8}
+TINY = TINY_CONFIGS["cafin"]
 # Documented in the module docstring of components/models/cafin.py.
 PAPER_DEFAULT_PARAMETERS = {"g": 45_727_466, "d": 2_763_776}
 
@@ -126,10 +117,6 @@ def test_training_step_logs_every_term_and_gives_every_generator_parameter_a_gra
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_training_step_is_finite_under_bf16_autocast(faces):
-    assert_training_step_finite_under_bf16(tiny(), faces)
-
-
 def test_reconstruction_and_colour_terms_fall_on_a_fixed_batch_while_the_gan_terms_stay_finite(faces):
     method = tiny(lr=1e-3, betas=(0.9, 0.99))
     history = [method.training_step(dict(faces), step) for step in range(1, 81)]
@@ -141,29 +128,10 @@ def test_reconstruction_and_colour_terms_fall_on_a_fixed_batch_while_the_gan_ter
     assert all(math.isfinite(h["g_adv"]) and math.isfinite(h["d"]) for h in history)
 
 
-def test_export_round_trip_restores_identically(faces):
-    method = tiny()
-    for step in (1, 2):
-        method.training_step(dict(faces), step)
-    state, config = method.export()
-    assert config["method"] == "cafin" and config["config"]["hsv_channel_weights"] == [1.0, 1.0, 1.0]
+def test_export_holds_the_generator_and_discriminator_and_the_hsv_weights_as_json():
+    state, config = tiny().export()
+    assert config["config"]["hsv_channel_weights"] == [1.0, 1.0, 1.0]
     assert {key.split(".")[0] for key in state} == {"g", "d"}
-    assert_export_round_trip(method, faces)
-
-
-def test_restore_keeps_the_known_pixels_of_lq_exactly(faces):
-    method = tiny()
-    for step in (1, 2, 3):
-        method.training_step(dict(faces), step)
-    assert_inpainting_keeps_known_pixels(method, faces)
-    restored = method.restore(faces)
-    assert restored.min() >= 0.0 and restored.max() <= 1.0
-    assert method.networks()["g"].training and not restored.requires_grad
-
-
-def test_two_process_ddp_training_steps_run_and_give_finite_losses(faces):
-    losses = run_ddp_steps("cafin", TINY, faces, steps=2)
-    assert len(losses) == 2 and all(math.isfinite(v) for step in losses for v in step.values())
 
 
 def test_short_cpu_training_beats_the_mean_colour_fill_inside_the_holes_of_held_out_faces():
@@ -184,9 +152,7 @@ def test_short_cpu_training_beats_the_mean_colour_fill_inside_the_holes_of_held_
     assert ours > mean_fill + 0.2
 
 
-def test_cafin_satisfies_the_method_protocol_and_reads_hq_and_mask():
-    method = tiny()
-    assert isinstance(method, Method) and isinstance(method, CAFIN)
+def test_cafin_is_an_inpainting_method_reading_hq_and_mask():
     assert CAFIN.task == "inpainting" and CAFIN.inputs == ("hq", "mask")
 
 
@@ -196,7 +162,6 @@ def test_cafin_satisfies_the_method_protocol_and_reads_hq_and_mask():
     ({"hsv_channel_weights": (1.0, -0.5, 1.0)}, "hsv_channel_weights"),
     ({"adversarial_weight": -1.0}, "adversarial_weight"),
     ({"gan_loss": "wgan"}, "gan_loss"),
-    ({"widht": 8}, "widht"),
 ])
 def test_config_rejects_impossible_values_naming_the_key(overrides, key):
     with pytest.raises(ValidationError, match=key):

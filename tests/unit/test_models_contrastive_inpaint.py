@@ -7,15 +7,11 @@ from pydantic import ValidationError
 
 from components.metrics.image_quality import psnr
 from components.models import build_method, method_class
-from components.models.base import Method
-from components.models.contrastive_inpaint import ContrastiveInpaint
 from components.networks.contrastive_inpaint import AttentionResnetGenerator, FeatureAttention
 from components.networks.inputs import fill_holes, model_input
-from tests.unit.method_checks import (assert_export_round_trip, assert_inpainting_keeps_known_pixels,
-                                      assert_training_step_finite_under_bf16, face_batch,
-                                      mean, parameter_count, run_ddp_steps)
+from tests.unit.method_checks import TINY_CONFIGS, face_batch, mean, parameter_count
 
-TINY = {"width": 8, "n_blocks": 2, "disc_width": 8, "nce_layers": [0, 4, 8, 12], "num_patches": 64}
+TINY = TINY_CONFIGS["contrastive_inpaint"]
 CUT_RESNET_9BLOCKS_PARAMETERS = 11_378_179  # CUT/CycleGAN resnet_9blocks, ngf 64, RGB in and out
 
 
@@ -108,7 +104,6 @@ def test_config_names_nce_layers_outside_the_encoder_and_refuses_a_generator_wit
 
 def test_is_an_unpaired_inpainting_method_reading_hq_and_mask():
     method = tiny_method()
-    assert isinstance(method, Method) and isinstance(method, ContrastiveInpaint)
     cls = method_class("contrastive_inpaint")
     assert (cls.task, cls.inputs, cls.unpaired) == ("inpainting", ("hq", "mask"), ("hq",))
     assert set(method.networks()) == {"g", "f", "d"} and set(method.optimizers()) == {"g", "f", "d"}
@@ -138,29 +133,14 @@ def test_the_contrastive_terms_fall_and_the_adversarial_terms_stay_finite_on_a_f
         assert all(math.isfinite(losses[key]) for losses in logged), key
 
 
-def test_no_nan_under_bf16_autocast():
-    assert_training_step_finite_under_bf16(tiny_method(), unpaired_batch())
-
-
-def test_export_round_trip_restores_identically():
-    method = tiny_method()
-    batch = unpaired_batch()
-    for step in (1, 2):
-        method.training_step(batch, step)
-    assert_export_round_trip(method, batch)
-
-
-def test_restore_keeps_the_known_pixels_of_lq_and_fills_the_holes():
+def test_once_trained_restore_fills_the_holes_with_more_than_the_mean_colour():
     method = tiny_method()
     batch = unpaired_batch()
     for step in (1, 2, 3):
         method.training_step(batch, step)
-    assert_inpainting_keeps_known_pixels(method, batch)
     restored = method.restore(batch)
     holes = batch["mask"].bool().expand_as(restored)
     assert not torch.equal(restored[holes], fill_holes(batch["lq"], batch["mask"])[holes])
-    assert restored.min() >= 0 and restored.max() <= 1 and not restored.requires_grad
-    assert all(net.training for net in method.networks().values())
 
 
 def test_clean_pixels_inside_the_holes_never_reach_a_loss_or_a_gradient():
@@ -216,13 +196,6 @@ def test_training_without_the_unpaired_stream_is_refused_by_name():
     del batch["unpaired_hq"]
     with pytest.raises(KeyError, match="unpaired_hq"):
         tiny_method().training_step(batch, 1)
-
-
-def test_two_ddp_processes_train_without_error():
-    batch = unpaired_batch(n=2)
-    losses = run_ddp_steps("contrastive_inpaint", TINY, batch, steps=3)
-    assert len(losses) == 3
-    assert all(math.isfinite(v) for step in losses for v in step.values())
 
 
 def test_short_cpu_training_fills_the_holes_better_than_the_mean_colour():

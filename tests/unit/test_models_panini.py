@@ -9,33 +9,28 @@ from components.metrics.image_quality import psnr
 from components.models import build_method, load_method
 from components.models.base import Method
 from components.models.dre import DREConfig
-from components.models.files import save_model_dir
 from components.models.panini import PERCEPTUAL_LAYER, Panini, PaniniConfig
 from components.models.stylegan2 import StyleGAN2Config
 from components.networks import classical
 from components.networks.panini import DAFIMasks, ImageFeatureExtractor, fused_resolutions, interpolate
 from components.networks.stylegan2 import channel_table
-from tests.unit.method_checks import (
-    assert_export_round_trip,
-    assert_training_step_finite_under_bf16,
-    face_batch,
-    parameter_count,
-    run_ddp_steps,
-)
+from tests.unit.method_checks import BLIND, TINY_CONFIGS, assert_export_round_trip, face_batch, parameter_count, \
+    save_upstream
 
-# Upstreams as the pipeline hands them over: a tiny DRE (4 * 4 = 16-d vector) and a tiny 32 px prior.
-TINY_DRE = {"width": 4, "dim": 8, "queue_size": 16, "input_size": None}
-TINY_PRIOR = {"resolution": 32, "style_dim": 16, "n_mlp": 1, "width_scale": 1 / 16}  # 32 channels at 4-32 px
-TINY = {"rrdb_channels": 8, "num_rrdbs": 1, "growth_channels": 8, "stem_width": 16}
+# Upstreams (method_checks.TINY_UPSTREAM) as the pipeline hands them over: a tiny DRE (4 * 4 = 16-d
+# vector) and a tiny 32 px prior (32 channels at 4-32 px).
+TINY = TINY_CONFIGS["panini"]
 SR = {**TINY, "input": "lr"}
 NO_GAN = {"gan_weight": 0.0}
 # The short CPU runs: the adversarial term is off (its D step costs more than the rest of the step,
 # and at weight 1e-2 it changes nothing in a few hundred steps); lr 3e-3 instead of the official 1e-4.
 SHORT_RUN = {**NO_GAN, "lr": 3e-3}
-TRAIN_FACES, HELD_OUT_FACES, BATCH, STEPS = 64, 16, 8, 540
-# Blind degradations of the short run: noise-led (a 32 px face cannot take GFPGAN's x8 downscale),
-# from the mildest to the most severe corner of the range.
-BLIND = {"kernel_size": 7, "sigma": [0.2, 1.0], "scale": [1.0, 2.0], "noise": [25.0, 50.0], "jpeg_quality": [80, 100]}
+# Batches of 4: what the runs need is steps, not images per step (540 steps of 8 blind faces gave
+# the held-out PSNR that 540 of 4 give, at twice the cost). SR needs twice the steps of blind
+# restoration to pass bicubic: over training seeds 0-2 the margins were +0.63..+0.92 dB after 720
+# steps, +0.25..+0.61 after 540 (blind: +1.07..+1.49 dB over the degraded input after 360).
+TRAIN_FACES, HELD_OUT_FACES, BATCH, STEPS, SR_STEPS = 64, 16, 4, 360, 720
+# The mildest and the most severe corner of the blind degradations (method_checks.BLIND, noise-led).
 MILD = {**BLIND, "sigma": [0.2, 0.4], "scale": [1.0, 1.2], "noise": [25.0, 30.0], "jpeg_quality": [95, 100]}
 SEVERE = {**BLIND, "sigma": [0.8, 1.0], "scale": [1.8, 2.0], "noise": [45.0, 50.0], "jpeg_quality": [80, 85]}
 
@@ -43,13 +38,7 @@ SEVERE = {**BLIND, "sigma": [0.8, 1.0], "scale": [1.8, 2.0], "noise": [45.0, 50.
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     """{"pretrain_dre": dir, "train_prior": dir}: tiny untrained DRE and StyleGAN2 model directories."""
-    dirs = {}
-    for stage, method, cfg in (("pretrain_dre", "dre", TINY_DRE), ("train_prior", "stylegan2", TINY_PRIOR)):
-        torch.manual_seed(1)
-        directory = str(tmp_path_factory.mktemp(stage))
-        save_model_dir(directory, *build_method(method, cfg).export())
-        dirs[stage] = directory
-    return dirs
+    return save_upstream("panini", tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +112,8 @@ def test_interpolation_takes_each_channel_from_the_source_its_mask_picks():
     assert torch.allclose(halves, (prior + image) / 2)
 
 
-def test_restore_returns_a_face_at_the_prior_resolution_in_the_unit_range(upstream, faces):
-    method = panini(upstream)
-    out = method.restore(faces)
-    assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32
-    assert out.min() >= 0 and out.max() <= 1 and not out.requires_grad
-    assert all(net.training for net in method.networks().values())
-    weights = method.prior_weights(faces)
+def test_prior_weights_are_one_per_image_and_dafi_block_strictly_between_0_and_1(upstream, faces):
+    weights = panini(upstream).prior_weights(faces)
     assert weights.shape == (4, 3) and ((weights > 0) & (weights < 1)).all()
 
 
@@ -176,7 +160,6 @@ def test_config_defaults_are_the_official_panini_mfr_settings():
     ({"input": "hq"}, "input"),
     ({"prior": {"resolution": 48}}, "resolution"),
     ({"dre": {"widht": 4}}, "widht"),
-    ({"lr_": 1e-3}, "lr_"),
 ])
 def test_config_rejects_impossible_values_naming_the_key(values, key):
     with pytest.raises(ValidationError, match=key):
@@ -234,11 +217,6 @@ def test_sr_config_reads_lr_restores_super_resolution_and_needs_no_dre(upstream,
 
 
 # -- training ------------------------------------------------------------------------------------------
-def test_training_step_is_finite_under_bf16_autocast(upstream, faces):
-    losses = assert_training_step_finite_under_bf16(panini(upstream), faces)
-    assert {"l1", "gan", "d"} <= set(losses)
-
-
 def test_l1_and_perceptual_fall_and_the_adversarial_terms_stay_finite_on_a_fixed_batch(upstream, faces):
     method = panini(upstream, lr=3e-3)
     # A randomly initialised VGG19 stands in for the ImageNet weights the CPU tests do not have.
@@ -250,20 +228,12 @@ def test_l1_and_perceptual_fall_and_the_adversarial_terms_stay_finite_on_a_fixed
     assert all(math.isfinite(v[key]) for v in values for key in ("gan", "d"))
 
 
-def test_export_round_trip_restores_identically_for_blind_restoration_and_sr(upstream, faces, sr_faces):
-    method = panini(upstream)
-    method.training_step(dict(faces), 1)
-    assert_export_round_trip(method, faces)
+def test_export_round_trip_of_the_sr_config_restores_identically(upstream, sr_faces):
     sr = panini({"train_prior": upstream["train_prior"]}, **SR, **NO_GAN)
     sr.training_step(dict(sr_faces), 1)
     assert_export_round_trip(sr, sr_faces)
     state, config = sr.export()
     assert isinstance(load_method(state, config), Panini)
-
-
-def test_training_runs_on_two_ddp_processes_with_every_network_wrapped(upstream, faces):
-    losses = run_ddp_steps("panini", TINY, faces, steps=2, upstream=upstream)
-    assert len(losses) == 2 and all(math.isfinite(v) for step in losses for v in step.values())
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +264,7 @@ def test_prior_weight_on_mild_and_severe_degradations_is_reported(blind_run):
 def test_short_cpu_training_of_the_sr_config_beats_bicubic_at_x4(upstream):
     """x4 at 32 px (8 px in): the paper's 16x at 32 px would start from 2 px."""
     data = face_batch(n=TRAIN_FACES, size=32, columns=("hq", "lr"), seed=0, super_resolution={"factor": 4})
-    method = train(panini({"train_prior": upstream["train_prior"]}, **SR, **SHORT_RUN), data)
+    method = train(panini({"train_prior": upstream["train_prior"]}, **SR, **SHORT_RUN), data, steps=SR_STEPS)
     held_out = face_batch(n=HELD_OUT_FACES, size=32, columns=("hq", "lr"), seed=7, super_resolution={"factor": 4})
     restored = psnr(method.restore({"lr": held_out["lr"]}), held_out["hq"]).mean().item()
     bicubic = psnr(classical.bicubic(held_out["lr"], 4), held_out["hq"]).mean().item()
