@@ -35,6 +35,9 @@ from pipelines.store import Store
 
 TICK_S = 0.5  # how often the driver looks at its running stages
 WATCH_EVERY_S = 5.0  # progress board reads (stall checks, nodes) and lease heartbeats, at most this often
+# A stalled stage's task is force-cancelled; the kill of its worker lands a moment later, and Ray may
+# hand that doomed worker the retry in the meantime (seen: a retry crashed 50 ms after it started).
+RETRY_AFTER_CANCEL_S = 3.0
 
 
 class RunFailed(RuntimeError):
@@ -399,6 +402,8 @@ class Execution:
         section = self.cfg.stages[name]
         if retryable and len(info["attempts"]) <= section.retries and not self.stopping:
             wait = section.retry_backoff_s * 2 ** (len(info["attempts"]) - 1)
+            if stalled:
+                wait = max(wait, RETRY_AFTER_CANCEL_S)
             self.not_before[name] = now + wait
             self.schedule.requeue(name)
             info.update(state="pending", next_attempt_at=now + wait)
