@@ -31,7 +31,7 @@ from pipelines.config import load_config
 from pipelines.runner import plan
 from pipelines.store import Store
 from tests.integration.ray_head import ROOT, Head, follow, running_head, session_processes, submit
-from tests.integration.tiny import registered_checkpoint, write_tiny_config
+from tests.integration.tiny import wait_for_checkpoint, write_tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +61,6 @@ def training_config(directory: Path, store: Path) -> Path:
 
 def fingerprints(config: Path) -> dict[str, str]:
     return {e.stage.name: e.fingerprint for e in plan(load_config(config))}
-
-
-def wait_for_checkpoint(store: Store, run_name: str, running: Callable[[], bool], timeout: float = 420) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        step = registered_checkpoint(store, run_name)
-        if step >= EVERY:
-            assert step < STEPS, f"training reached its last step ({step}) before the fault: raise STEPS"
-            return step
-        assert running(), "the run ended before its first checkpoint"
-        time.sleep(0.3)
-    raise AssertionError(f"no registered checkpoint in {store.train_storage()}/{run_name} within {timeout}s")
 
 
 def kill_titled(head: Head, title: str, running: Callable[[], bool], timeout: float = 300) -> int:
@@ -115,7 +103,7 @@ def faulty_run(head, tmp_path_factory) -> FaultyRun:
     running = lambda: driver.poll() is None  # noqa: E731
     try:
         kill_titled(head, "ray::make_shard", running)
-        checkpoint = wait_for_checkpoint(store, run_name, running)
+        checkpoint = wait_for_checkpoint(store, run_name, EVERY, STEPS, running, log.read_text, timeout=420)
         kill_titled(head, "ray::RayTrainWorker", running, timeout=30)
         driver.wait(timeout=600)
     finally:
@@ -194,7 +182,7 @@ def test_resubmission_after_the_job_driver_was_killed_skips_synthesis_and_contin
     store = Store(load_config(config).store)
     run_name = f"train_baseline-{fingerprints(config)['train_baseline']}"
     job_id, run_id = submit(head, str(config), "--working-dir", str(config.parent))
-    checkpoint = wait_for_checkpoint(store, run_name, running=lambda: still_running(store, run_id))
+    checkpoint = wait_for_checkpoint(store, run_name, EVERY, STEPS, lambda: still_running(store, run_id), timeout=420)
     assert kill_driver(run_id), f"no process of run {run_id} found"
     killed = follow(head, job_id)
     assert killed.returncode == 1 and f"job {job_id}: FAILED" in killed.stderr, killed.stdout + killed.stderr

@@ -39,7 +39,7 @@ from pipelines.store import Store
 from tests.integration.ray_head import (ROOT, Head, WorkerNode, cluster_nodes, running_head, running_worker_node,
                                         stop_session)
 from tests.integration.servers import Server, restartable_tracking_server, s3_server
-from tests.integration.tiny import registered_checkpoint, write_tiny_config
+from tests.integration.tiny import wait_for_checkpoint, write_tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -164,18 +164,6 @@ def only_run(store: Store) -> dict:
     return runs[0]
 
 
-def wait_for_checkpoint(store: Store, run_name: str, driver: subprocess.Popen, log: Path, timeout: float = 300) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        step = registered_checkpoint(store, run_name)
-        if step >= EVERY:
-            assert step < STEPS, f"training reached its last step ({step}) before the fault: raise STEPS"
-            return step
-        assert driver.poll() is None, f"the run ended before its first checkpoint:\n{log.read_text()[-4000:]}"
-        time.sleep(0.3)
-    raise AssertionError(f"no registered checkpoint of {run_name} within {timeout}s:\n{log.read_text()[-4000:]}")
-
-
 def actor_ips(cluster: Cluster, class_name: str) -> list[str]:
     """The IPs of the nodes where the live actors of `class_name` are (state API)."""
     request = urllib.request.Request(
@@ -277,7 +265,7 @@ def test_a_node_lost_mid_training_the_stage_finishes_from_its_last_checkpoint_on
     # on the second node. Released as that node is killed, so that the head can take the group over.
     with holding_cpus(cluster, cluster.head_ip, HEAD_CPUS - 1) as release, driving(cluster, config, log) as driver:
         began = time.time()
-        killed_at = wait_for_checkpoint(store, run_name, driver, log)
+        killed_at = wait_for_checkpoint(store, run_name, EVERY, STEPS, lambda: driver.poll() is None, log.read_text)
         cluster.timings["node-loss: start -> first checkpoint s"] = round(time.time() - began, 1)
         # The runner's progress board stays on the driver's node (Ray would put it on the idle one).
         boards = actor_ips(cluster, "ProgressBoard")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -37,3 +39,19 @@ def registered_checkpoint(store: Store, run_name: str) -> int:
     except (OSError, ValueError):
         return 0  # not written yet, or being replaced
     return int(latest.get("metrics", {}).get("step", 0))
+
+
+def wait_for_checkpoint(store: Store, run_name: str, every: int, steps: int, running: Callable[[], bool],
+                        log: Callable[[], str] = lambda: "", timeout: float = 300) -> int:
+    """The step of the first registered checkpoint (>= `every`) of a training of `steps` steps, to land
+    a fault on; fails if the run ends first, reaches its last step first, or `timeout` passes. `log`:
+    the run's output so far, shown with a failure."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        step = registered_checkpoint(store, run_name)
+        if step >= every:
+            assert step < steps, f"training reached its last step ({step}) before the fault: raise its steps"
+            return step
+        assert running(), f"the run ended before its first checkpoint:\n{log()[-4000:]}"
+        time.sleep(0.3)
+    raise AssertionError(f"no registered checkpoint of {run_name} in {store.train_storage()} within {timeout}s:\n{log()[-4000:]}")
