@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from components import storage
-from pipelines.config import PipelineConfig, resolved_config, resolved_section
+from pipelines.config import ConfigError, PipelineConfig, resolved_config, resolved_section
 from pipelines.context import Artifact, StageContext, StageOutput
 from pipelines.dag import Pipeline, PlanEntry, Selection, Stage, State
 from pipelines.leases import Lease, LeaseLost, lease_uri, leases_for
@@ -62,7 +62,25 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
 
 
 def plan(cfg: PipelineConfig, selection: Selection = Selection(), verify: bool = False) -> list[PlanEntry]:
-    return build_pipeline(cfg).plan(Store(cfg.store, verify=verify), selection)
+    store = Store(cfg.store, verify=verify)
+    return build_pipeline(resolve_references(cfg, store)).plan(store, selection)
+
+
+def resolve_references(cfg: PipelineConfig, store: Store) -> PipelineConfig:
+    """The config with what its stages name outside the pipeline pinned (a stage kind's `resolve`:
+    the train stage's `init_from` alias to a registered version), so the fingerprints, the plan
+    and the run all see the same version. Raises ConfigError naming the stage."""
+    stages = dict(cfg.stages)
+    for name, section in cfg.stages.items():
+        resolver = getattr(stage_module(section.kind), "resolve", None)
+        if resolver is None:
+            continue
+        try:
+            config = resolver(section.config, section.needs, set(cfg.stages), lambda: tracking_uri(cfg, store))
+        except (LookupError, ValueError) as err:
+            raise ConfigError(f"stages.{name}: {err}") from None
+        stages[name] = section.model_copy(update={"config": config})
+    return cfg.model_copy(update={"stages": stages})
 
 
 def tracking_uri(cfg: PipelineConfig, store: Store) -> str:
@@ -115,8 +133,9 @@ class Runner:
     def run(self) -> dict[str, Any]:
         from pipelines.display import LiveView
 
-        pipeline = build_pipeline(self.cfg)
         store = Store(self.cfg.store)
+        self.cfg = resolve_references(self.cfg, store)  # the stages then run with what was planned
+        pipeline = build_pipeline(self.cfg)
         entries = pipeline.plan(store, self.selection)
         if any(e.will_run for e in entries):
             from components.tracking.runs import check_login

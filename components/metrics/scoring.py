@@ -4,11 +4,15 @@
 - `inpainting_scores`: those plus PSNR, L1 inside the holes (`psnr_hole`, `l1_hole`);
 - `edge_map_scores`: edge precision / recall / F1 inside the holes against `edge`;
 - `sample_groups`: each shard row's mask bucket, degradation level and SR factor, the groups a
-  task's breakdown splits its scores by; `grouped_means`, `mean_scores` average them.
+  task's breakdown splits its scores by; `grouped_means`, `mean_scores` average them;
+- `read_scored_split`: a split's decoded columns and groups, what the evaluate stage and
+  validation while training score on.
 Metrics are on RGB in [0, 1] (components/metrics/image_quality.py states the conventions).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -63,3 +67,22 @@ def grouped_means(per_image: dict[str, dict[str, Tensor]], groups: list[str]) ->
 def mean_scores(per_image: dict[str, Tensor]) -> dict[str, float]:
     """Per-image values averaged; NaN (an image with an empty hole) left out."""
     return {name: float(torch.nanmean(values.float())) for name, values in per_image.items()}
+
+
+def read_scored_split(shard_uris: list[str], split: str, columns: Sequence[str], limit: int | None = None,
+                      where: str = "the shards") -> tuple[Batch, dict[str, list[str]]]:
+    """The split's decoded `columns` as CPU tensors (its first `limit` rows), and each row's breakdown groups."""
+    from components.data.decode import table_to_arrays
+    from components.data.shards import read_shards
+
+    table = read_shards(shard_uris, split=split, columns=sorted({*columns, "mask_bucket", "degradation", "sr_factor"}))
+    if limit is not None:
+        table = table.slice(0, limit)
+    if table.num_rows == 0:
+        raise ValueError(f"{where} hold no '{split}' samples to score on")
+    for column in columns:
+        if table.column(column).null_count:
+            raise ValueError(f"{where} have no '{column}' column values, which scoring needs "
+                             f"(for 'lr', set the synthesize stage's super_resolution; for 'edge', its edges)")
+    data = {k: torch.from_numpy(v) for k, v in table_to_arrays(table, list(columns)).items()}
+    return data, sample_groups(table)

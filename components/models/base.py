@@ -74,6 +74,11 @@ class Method(ABC):
     # Columns also drawn from a second, independently shuffled stream, as `unpaired_<column>`
     # (methods trained without paired ground truth).
     unpaired: ClassVar[tuple[str, ...]] = ()
+    # Networks the training loop keeps an exponential moving average of (its `ema_decay`); the
+    # average is what validation scores and the export holds (components/training/ema.py).
+    averaged: ClassVar[tuple[str, ...]] = ("g",)
+    # Columns `validation_scores` reads, for a method that scores itself (empty: its task's scoring).
+    validation_columns: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None:
@@ -116,6 +121,11 @@ class Method(ABC):
         config chooses its input (Panini reads `lq` for blind restoration, `lr` for SR)."""
         return cls.inputs
 
+    def validation_scores(self, data: dict[str, Tensor], groups: Mapping[str, list[str]]) -> dict[str, float] | None:
+        """Validation scores of a method whose task scores no images (the DRE's k-NN accuracy), on
+        the val slice `data` (its `validation_columns`) and its breakdown `groups`; None: the task's."""
+        return None
+
     def samples(self) -> Tensor | None:
         """Images showing what a model with no image input learned (a GAN prior's faces), in
         [0, 1]; None for a method that restores images. The train stage logs them as samples.png."""
@@ -144,14 +154,13 @@ class Method(ABC):
         if config.get("method") != cls.name:
             raise ValueError(f"config is for method '{config.get('method')}', not '{cls.name}'")
         method = cls(cls.Config.model_validate(config.get("config", {})), upstream=None)
-        unclaimed = set(state)
-        for net_name in method.nets:
-            prefix = f"{net_name}."
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            method.unwrapped(net_name).load_state_dict(own, strict=True)
-            unclaimed -= {prefix + k for k in own}
+        by_network = split_by_network(state)
+        unclaimed = sorted(f"{net_name}.{key}" for net_name in set(by_network) - set(method.nets)
+                           for key in by_network[net_name])
         if unclaimed:
-            raise ValueError(f"exported state of '{cls.name}' has keys of no network: {sorted(unclaimed)[:5]}")
+            raise ValueError(f"exported state of '{cls.name}' has keys of no network: {unclaimed[:5]}")
+        for net_name in method.nets:
+            method.unwrapped(net_name).load_state_dict(by_network.get(net_name, {}), strict=True)
         for net in method.nets.values():
             net.eval()
         return method
@@ -185,3 +194,12 @@ class Method(ABC):
         finally:
             for net_name, training in modes.items():
                 self.nets[net_name].train(training)
+
+
+def split_by_network(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """`{"<net>.<param>": tensor}` (an export) as `{net: {param: tensor}}`."""
+    by_network: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        net_name, _, param = key.partition(".")
+        by_network.setdefault(net_name, {})[param] = value
+    return by_network

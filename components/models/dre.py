@@ -20,6 +20,7 @@ pointer as buffers).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -34,8 +35,12 @@ from torch.optim import Optimizer
 from components.data.degrade import DegradationConfig, DegradationParams, sample_degradation
 from components.data.degrade_gpu import degrade_batch
 from components.losses.infonce import contrastive_logits, info_nce
+from components.metrics.knn import knn_accuracy
 from components.models.base import Method, MethodConfig, NotARestorer
 from components.networks.dre import DegradationEncoder, MomentumKeyEncoder
+
+
+VALIDATION_BATCH = 32
 
 
 class DREConfig(MethodConfig):
@@ -80,6 +85,8 @@ class DRE(Method):
     name: ClassVar[str] = "dre"
     task: ClassVar[str] = "representation"
     inputs: ClassVar[tuple[str, ...]] = ("hq",)
+    averaged: ClassVar[tuple[str, ...]] = ()  # the key encoder is already MoCo's momentum average
+    validation_columns: ClassVar[tuple[str, ...]] = ("lq",)
     Config: ClassVar[type[DREConfig]] = DREConfig
     cfg: DREConfig
     _replicas_synced: bool = False  # set per instance once rank 0's key side is broadcast
@@ -166,6 +173,12 @@ class DRE(Method):
         encoder's pooled feature in eval mode, NOT L2-normalised (what Panini-Net consumes)."""
         with self.evaluating():
             return self.unwrapped("encoder").represent(lq.to(self.device)).float()
+
+    def validation_scores(self, data: dict[str, Tensor], groups: Mapping[str, list[str]]) -> dict[str, float]:
+        """`knn_accuracy`: the degraded faces' vectors, labelled by their degradation level (the
+        shards' own degradation parameters), classified by their 5 nearest neighbours."""
+        vectors = torch.cat([self.represent(chunk) for chunk in data["lq"].split(VALIDATION_BATCH)])
+        return {"knn_accuracy": knn_accuracy(vectors, groups["degradation_level"], k=5)}
 
     def restore(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotARestorer(

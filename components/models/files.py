@@ -1,4 +1,10 @@
-"""A model as users receive it: `model.safetensors` + `config.json`, loadable with no pickle."""
+"""A model as users receive it: `model.safetensors` + `config.json`, loadable with no pickle.
+
+A trained model also has `training.safetensors`: the live (not averaged) weights of the networks
+whose moving average `model.safetensors` holds. With the discriminators, which
+`model.safetensors` always holds, that is what fine-tuning needs to go on training
+(components/training/finetune.py); inference never reads it.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,26 @@ from components import storage
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TRAINING_WEIGHTS = "training.safetensors"
+MODEL_FILES = (WEIGHTS, CONFIG, TRAINING_WEIGHTS)  # what a registered model carries, when present
 
 
-def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any]) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    storage.write_bytes_atomic(storage.join(uri, WEIGHTS), save_safetensors(tensors))
+def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any],
+                   training_state: dict[str, Any] | None = None) -> None:
+    storage.write_bytes_atomic(storage.join(uri, WEIGHTS), save_safetensors(_plain(state)))
+    if training_state:
+        storage.write_bytes_atomic(storage.join(uri, TRAINING_WEIGHTS), save_safetensors(_plain(training_state)))
     storage.write_json_atomic(storage.join(uri, CONFIG), config)
+
+
+def read_training_weights(uri: str) -> dict[str, Any]:
+    """The live weights of a model's averaged networks (`{"<net>.<param>": tensor}`); {} when it has none."""
+    path = storage.join(uri, TRAINING_WEIGHTS)
+    return load_safetensors(storage.read_bytes(path)) if storage.exists(path) else {}
+
+
+def _plain(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def read_model_dir(uri: str) -> tuple[dict[str, Any], dict[str, Any]]:

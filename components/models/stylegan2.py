@@ -109,6 +109,7 @@ class StyleGAN2(Method):
     name: ClassVar[str] = "stylegan2"
     task: ClassVar[str] = "prior"
     inputs: ClassVar[tuple[str, ...]] = ("hq",)
+    averaged: ClassVar[tuple[str, ...]] = ()  # g_ema is its own, at the paper's half-life (`ema_kimg`)
     Config: ClassVar[type[StyleGAN2Config]] = StyleGAN2Config
     cfg: StyleGAN2Config
 

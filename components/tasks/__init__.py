@@ -42,7 +42,7 @@ def _sr_factor(data: Batch) -> int:
 RESTORATION = Task(
     name="restoration",
     train_columns=("hq", "lq"), optional_columns=("mask", "degradation"),
-    image_input="lq", mask="zeros", restores_photos=True,
+    image_input="lq", mask="zeros", restores_photos=True, selected_by="psnr",
     scoring=Scoring(
         breakdown="degradation_level",
         columns=("hq", "lq", "mask"),
@@ -56,7 +56,7 @@ RESTORATION = Task(
 INPAINTING = Task(
     name="inpainting",
     train_columns=("hq", "mask"), optional_columns=("edge",),
-    image_input="lq", mask="holes", keeps_known=True, restores_photos=True,
+    image_input="lq", mask="holes", keeps_known=True, restores_photos=True, selected_by="psnr_hole",
     scoring=Scoring(
         breakdown="mask_bucket",
         columns=("hq", "mask"),
@@ -74,7 +74,7 @@ INPAINTING = Task(
 SUPER_RESOLUTION = Task(
     name="super_resolution",
     train_columns=("hq", "lr"),
-    image_input="lr", mask="none", scales=True, restores_photos=True,
+    image_input="lr", mask="none", scales=True, restores_photos=True, selected_by="psnr",
     scoring=Scoring(
         breakdown="sr_factor",
         columns=("hq", "lr"),
@@ -88,7 +88,7 @@ SUPER_RESOLUTION = Task(
 EDGES = Task(
     name="edges",
     train_columns=("hq", "mask", "edge"),
-    image_input="lq", mask="holes",
+    image_input="lq", mask="holes", selected_by="f1",
     scoring=Scoring(
         breakdown="mask_bucket",
         columns=("hq", "mask", "edge"),
@@ -99,7 +99,8 @@ EDGES = Task(
     ),
 )
 
-REPRESENTATION = Task(name="representation", train_columns=("hq",))
+# Not scored as images; a representation model validates itself (the DRE's k-NN accuracy).
+REPRESENTATION = Task(name="representation", train_columns=("hq",), selected_by="knn_accuracy")
 PRIOR = Task(name="prior", train_columns=("hq",))
 
 TASKS: dict[str, Task] = {task.name: task for task in

@@ -35,6 +35,19 @@ class Scoring:
     breakdown: str | None = None  # per-sample group the report splits the scores by (`metrics.scoring.sample_groups`)
     learned_metrics: bool = True  # LPIPS / FID / identity apply: the outputs are face images
 
+    def restore(self, method: Method, data: Batch, batch_size: int) -> Tensor:
+        """`method`'s outputs on the whole split, `batch_size` samples at a time, clamped to [0, 1],
+        on the device of `data`."""
+        batch = self.method_batch(data)
+        count = len(next(iter(batch.values())))
+        outs = [method.restore({k: v[start:start + batch_size] for k, v in batch.items()}).float().to(batch_device(data))
+                for start in range(0, count, batch_size)]
+        return torch.cat(outs).clamp(0, 1)
+
+
+def batch_device(data: Batch) -> torch.device:
+    return next(iter(data.values())).device
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: compared and hashed by identity, one object per task
 class Task:
@@ -51,6 +64,8 @@ class Task:
     scales: bool = False  # the output is config.json `data.sr_factor` times larger than the input
     restores_photos: bool = False  # `facerestore restore` accepts its models
     scoring: Scoring | None = None  # None: not scored as images by the evaluate stage
+    # The validation score `select: best` picks a model's weights by, unless the stage names one.
+    selected_by: str | None = None
 
     def __repr__(self) -> str:
         return f"Task({self.name!r})"

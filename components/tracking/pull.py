@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.models.files import CONFIG, WEIGHTS
+from components.models.files import CONFIG, MODEL_FILES, TRAINING_WEIGHTS, WEIGHTS
 from components.tasks import task_named
 
 CARD = "MODEL_CARD.md"
@@ -52,34 +52,61 @@ class PulledModel:
     run_id: str
 
 
-def pull(reference: str, out: str | Path, tracking_uri: str) -> PulledModel:
-    """Download the model version `reference` names into `out` (created; its model files replaced)."""
-    import mlflow
+def find_version(reference: str, tracking_uri: str) -> Any:
+    """The MLflow ModelVersion `reference` names; a LookupError that lists what the registry
+    holds (the model's versions and aliases, or the registered models) when it names none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from components.tracking.runs import global_tracking_uri
 
     ref = ModelReference.parse(reference)
     client = MlflowClient(tracking_uri)
     try:
-        version = (client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias
-                   else client.get_model_version(ref.name, str(ref.version)))
+        return (client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias
+                else client.get_model_version(ref.name, str(ref.version)))
     except MlflowException as err:
-        raise LookupError(f"no registered model version '{reference}' at {tracking_uri}: {err.message}") from None
+        raise LookupError(f"no registered model version '{reference}' at {tracking_uri}: "
+                          f"{what_exists(client, ref.name) or err.message}") from None
+
+
+def what_exists(client: Any, name: str) -> str:
+    """The versions and aliases of registered model `name`, or the registered models if it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        return f"no registered model '{name}' (registered: {', '.join(names) or 'none'})"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    aliases = ", ".join(f"@{alias} -> {version}" for alias, version in sorted(model.aliases.items()))
+    return f"'{name}' has versions {', '.join(map(str, versions)) or 'none'} and aliases {aliases or 'none'}"
+
+
+def pull(reference: str, out: str | Path, tracking_uri: str) -> PulledModel:
+    """Download the model version `reference` names into `out` (created; its model files replaced)."""
+    import mlflow
+
+    from components.tracking.runs import global_tracking_uri
+
+    ref = ModelReference.parse(reference)
+    version = find_version(reference, tracking_uri)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, global_tracking_uri(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri(), dst_path=tmp))
-        for name in (WEIGHTS, CONFIG):
-            shutil.copyfile(_find_one(local, name, reference), out / name)
+        for name in MODEL_FILES:
+            found = _find_one(local, name, reference, optional=name == TRAINING_WEIGHTS)
+            if found is not None:
+                shutil.copyfile(found, out / name)
     pulled = PulledModel(out, ref.name, int(version.version), list(version.aliases), dict(version.tags), version.run_id)
     (out / CARD).write_text(model_card(pulled, json.loads((out / CONFIG).read_text()), tracking_uri))
     return pulled
 
 
-def _find_one(root: Path, name: str, reference: str) -> Path:
+def _find_one(root: Path, name: str, reference: str, optional: bool = False) -> Path | None:
     found = sorted(root.rglob(name))
+    if optional and not found:
+        return None
     if len(found) != 1:
         raise FileNotFoundError(f"registered model '{reference}' holds {len(found)} {name} files, expected one")
     return found[0]
@@ -100,6 +127,7 @@ def model_card(model: PulledModel, config: dict[str, Any], tracking_uri: str) ->
     data = config.get("data") or {}
     if data:
         lines.append("- trained on: " + ", ".join(f"{k} {v}" for k, v in data.items()))
+    lines += training_lines(config.get("training") or {})
     lines += [
         "",
         "## Lineage",
@@ -113,7 +141,25 @@ def model_card(model: PulledModel, config: dict[str, Any], tracking_uri: str) ->
         f"`facerestore restore --model {model.directory} PHOTO... --out DIR`"
         + (" `--mask MASK`" if "task" in config and task_named(config["task"]).needs_mask else ""),
         "",
-        f"Files: `{WEIGHTS}` (safetensors) and `{CONFIG}`; no pickle is needed to load them.",
+        f"Files: `{WEIGHTS}` (safetensors) and `{CONFIG}`; no pickle is needed to load them."
+        + (f" `{TRAINING_WEIGHTS}`: the live weights of the averaged networks, for fine-tuning "
+           f"(`init_from: models:/{model.name}/{model.version}`)." if (model.directory / TRAINING_WEIGHTS).exists() else ""),
         "",
     ]
     return "\n".join(lines)
+
+
+def training_lines(training: dict[str, Any]) -> list[str]:
+    """Which weights these are: the step they come from, how they were selected, their val scores."""
+    if not training:
+        return []
+    chosen = "best validation" if training.get("select") == "best" else "last step"
+    lines = [f"- weights: step {training.get('step')} of {training.get('steps')} ({chosen}"
+             + (f" by val {training['select_metric']}" if training.get("select") == "best" else "")
+             + (f"; EMA decay {training['ema_decay']}" if training.get("ema_decay") else "; no EMA") + ")"]
+    val = training.get("val") or {}
+    if val:
+        lines.append("- val scores at that step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(val.items())))
+    if training.get("init_from"):
+        lines.append(f"- fine-tuned from: `{training['init_from']}`")
+    return lines

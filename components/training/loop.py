@@ -1,8 +1,10 @@
 """The one training loop (a Ray Train `train_func`): every method trains through it.
 
-It owns device placement, DDP wrapping of `method.networks()`, bf16 autocast on GPU,
-checkpoint save / resume (`ray.train.get_checkpoint()`), `ray.train.report`, MLflow
-metrics from rank 0 and live progress. A method owns only its maths (`training_step`).
+It owns device placement, DDP wrapping of `method.networks()`, bf16 autocast on GPU, the
+learning-rate schedule, the moving average of the weights, validation and the best weights
+(rank 0), fine-tuning's start, checkpoint save / resume (`ray.train.get_checkpoint()`),
+`ray.train.report`, MLflow metrics from rank 0 and live progress. A method owns only its
+maths (`training_step`).
 
 Rank 0's MLflow metrics go through a background sender (components/tracking/buffered.py):
 a tracking server that is down never stalls or fails training; the last report carries
@@ -26,8 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from components.models import build_method
 from components.models.base import Method
-from components.training import checkpoint
+from components.training import checkpoint, finetune
+from components.training.ema import WeightAverage
+from components.training.schedule import LrSchedule, ScheduleConfig
 from components.training.spec import TrainSpec
+from components.training.validation import BestWeights, Validator
 
 # The unpaired stream's shuffle seeds are far from the paired stream's (seed + epoch).
 UNPAIRED_SEED_OFFSET = 1_000_003
@@ -43,7 +48,15 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     method = build_method(spec.method, spec.method_config, spec.upstream)
     place_networks(method, device)
-    start = resume(method)
+    schedule = LrSchedule(spec.schedule or ScheduleConfig(), spec.steps, method.optimizers())
+    saved = saved_checkpoint()
+    source = None
+    if saved is None and spec.init_from is not None:
+        source = finetune.read_source(spec.init_from)
+        finetune.start_from(method, source)
+    start = checkpoint.apply(method, saved) if saved is not None else 0
+    # Rank 0 alone averages, validates and keeps the best: it alone writes the checkpoint.
+    keeper = Keeper(spec, method, device, saved, source) if rank == 0 and Keeper.needed(spec) else None
     wrap_for_ddp(method, device, world)
     logger = MetricLogger(spec) if rank == 0 else None
     if logger and start:
@@ -57,31 +70,79 @@ def train_loop(config: dict[str, Any]) -> None:
     while step < spec.steps:
         batch, epoch = next(batches)
         step += 1
+        lr_factor = schedule.apply(step)
         with autocast(device):
             metrics = method.training_step(batch, step)
+        if keeper:
+            keeper.average.update()
+            scores = keeper.validate(step)
+            if scores:
+                logger.log_now(step, {f"val/{key}": value for key, value in scores.items()})
         if logger:
-            logger.add(metrics)
+            logger.add({**metrics, "lr_factor": lr_factor})
             if step % spec.log_every == 0 or step == spec.steps:
                 logger.log(step, epoch=epoch, resumed_from=start)
         if step % spec.checkpoint_every == 0 or step == spec.steps:
             # The last report waits for rank 0's queued metrics (bounded), so its counts are final.
             last = step == spec.steps and logger is not None
-            report(method, step, metrics, start, rank, logger.finish() if last else None)
+            report(method, step, metrics, start, rank, keeper, logger.finish() if last else None)
     if step == start:  # resumed after the last step: hand the final checkpoint back again
-        report(method, step, metrics, start, rank, logger.finish() if logger else None)
+        report(method, step, metrics, start, rank, keeper, logger.finish() if logger else None)
+
+
+def saved_checkpoint() -> dict[str, Any] | None:
+    saved = ray.train.get_checkpoint()
+    if saved is None:
+        return None
+    with saved.as_directory() as directory:
+        return checkpoint.load(directory)
+
+
+class Keeper:
+    """Rank 0's moving average of the weights, its validation and the best weights so far; all
+    three go into the checkpoint, so a resumed run keeps them."""
+
+    def __init__(self, spec: TrainSpec, method: Method, device: torch.device, saved: dict[str, Any] | None,
+                 source: finetune.SourceWeights | None):
+        self.spec, self.method = spec, method
+        with torch.random.fork_rng(devices=[]):  # the copy's random init must not move the training's RNG
+            shadow = build_method(spec.method, spec.method_config, spec.upstream)
+        place_networks(shadow, device)
+        self.average = WeightAverage(method, shadow, spec.ema_decay)
+        self.validator = Validator(spec.validation, method, device) if spec.validation is not None else None
+        self.best = BestWeights(spec.select_metric) if spec.select == "best" else None
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            self.average.load(saved.get("ema", {"updates": 0, "nets": {}}))
+            self.history = list(saved.get("val_history", []))
+            if self.best is not None and saved.get("best"):
+                self.best = BestWeights.from_state(saved["best"])
+        elif source is not None:
+            for name, state in finetune.averaged_start(source, self.average.names).items():
+                shadow.nets[name].load_state_dict(state)
+
+    @staticmethod
+    def needed(spec: TrainSpec) -> bool:
+        return spec.ema_decay > 0 or spec.validation is not None
+
+    def validate(self, step: int) -> dict[str, float] | None:
+        if self.validator is None or not self.validator.due(step, self.spec.steps):
+            return None
+        exported = self.average.sync()
+        scores = self.validator.score(exported)
+        self.history.append({"step": step, **scores})
+        if self.best is not None:
+            self.best.offer(step, scores, exported, self.method, self.average.names)
+        return scores
+
+    def state(self) -> dict[str, Any]:
+        return {"ema": self.average.state(), "val_history": self.history,
+                "best": self.best.state() if self.best is not None and self.best.score is not None else None}
 
 
 def place_networks(method: Method, device: torch.device) -> None:
     for net in method.networks().values():
         net.to(device)
-
-
-def resume(method: Method) -> int:
-    saved = ray.train.get_checkpoint()
-    if saved is None:
-        return 0
-    with saved.as_directory() as directory:
-        return checkpoint.apply(method, checkpoint.load(directory))
 
 
 def wrap_for_ddp(method: Method, device: torch.device, world: int) -> None:
@@ -129,15 +190,16 @@ def with_unpaired(batches: Iterator[tuple[dict[str, torch.Tensor], int]],
         yield {**batch, **{f"unpaired_{key}": value for key, value in other.items()}}, epoch
 
 
-def report(method: Method, step: int, metrics: dict[str, float], start: int, rank: int,
+def report(method: Method, step: int, metrics: dict[str, float], start: int, rank: int, keeper: Keeper | None,
            tracking: dict[str, float] | None = None) -> None:
-    """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint. `tracking`: the
-    MLflow sender's counts, in the report only (the checkpoint's metrics are the losses)."""
+    """All ranks report (Ray Train expects it); only rank 0 writes the checkpoint, with its
+    keeper's average, validation history and best weights. `tracking`: the MLflow sender's
+    counts, in the report only (the checkpoint's metrics are the losses)."""
     values = {**metrics, **(tracking or {}), "step": step, "resumed_from": start}
     with tempfile.TemporaryDirectory() as directory:
         saved = None
         if rank == 0:
-            checkpoint.save(checkpoint.capture(method, step, metrics), directory)
+            checkpoint.save(checkpoint.capture(method, step, metrics, keeper.state() if keeper else {}), directory)
             saved = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(values, checkpoint=saved)
 
@@ -168,9 +230,13 @@ class MetricLogger:
     def log(self, step: int, **extra: Any) -> None:
         means = {key: total / max(self.count, 1) for key, total in self.sums.items()}
         self.sums, self.count = {}, 0
+        self.log_now(step, means, **extra)
+
+    def log_now(self, step: int, values: dict[str, float], **extra: Any) -> None:
+        """`values` as they are (validation scores): to MLflow at `step` and into the live view."""
         if self.sender is not None:
-            self.sender.put(means, step)  # queued: a server that is down costs training nothing
-        self.progress(step, means, **extra)
+            self.sender.put(values, step)  # queued: a server that is down costs training nothing
+        self.progress(step, values, **extra)
 
     def finish(self) -> dict[str, float]:
         """Waits (FACERESTORE_TRACKING_FLUSH_S, 120 s by default) for the queued metrics to reach the

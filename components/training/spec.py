@@ -20,6 +20,12 @@ class TrainSpec:
     mlflow_run_id: str | None = None
     progress: Any = None  # a components.progress.StageProgress, or None
     shuffle_buffer: int = 256
+    ema_decay: float = 0.0  # 0: no moving average (components/training/ema.py)
+    schedule: Any = None  # a components.training.schedule.ScheduleConfig; None: constant
+    validation: Any = None  # a components.training.validation.ValidationSpec; None: no validation
+    select: str = "last"  # "best": also keep the weights of the best validation by `select_metric`
+    select_metric: str = "psnr"
+    init_from: str | None = None  # a model directory URI the networks start from (fine-tuning)
 
 
 CHECKPOINT_FILE = "checkpoint.pt"

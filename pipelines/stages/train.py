@@ -2,20 +2,29 @@
 
 The Ray Train run is named `<stage>-<fingerprint>` under `<store>/ray_train`, so rerunning
 a crashed stage resumes from its latest checkpoint; a forced rerun deletes it first.
+
+Validation every `val_every` steps, the moving average (`ema_decay`), the lr `schedule`,
+`select: best | last` and fine-tuning (`init_from`): docs/pipeline.md, "Training". `init_from`
+names a registered model (`models:/NAME@alias`, `models:/NAME/3`), a stage this one needs, or
+a model directory; `plan` pins it (`resolve`): an alias to its version, a directory to the hash
+of its weights, so a new champion or new weights make the stage stale.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from components.training.schedule import ScheduleConfig
 from pipelines.context import StageContext, StageOutput
 
 if TYPE_CHECKING:  # annotations only: importing torch here would slow every config load
     from components.models.base import Method
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
+REGISTRY_PREFIX = "models:/"
 
 
 # Keys renamed in this release: old -> new (dotted, inside the section). pipelines/config.py still
@@ -39,6 +48,19 @@ class Config(BaseModel):
     method_config: dict[str, Any] = Field(
         default_factory=dict, description="the method's own settings (its Config: widths, losses, `lr`, ...); "
                                           "a key left out keeps the method's default, its paper's")
+    val_every: int | None = Field(None, gt=0, description="steps between validations on the val split; null: none")
+    val_images: int = Field(32, gt=0, description="val samples each validation scores (the split's first ones)")
+    val_batch_size: int = Field(16, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="moving average of the generator weights (BasicSR's "
+                                                             "0.999); 0: none")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="the lr schedule")
+    select: Literal["best", "last"] = Field("last", description="export the last step's weights or the best validation's")
+    select_metric: str | None = Field(None, description="the val score `select: best` ranks by; null: the task's "
+                                                        "(psnr; psnr_hole for inpainting; f1 for edges)")
+    init_from: str | None = Field(None, description="start from a registered model (models:/NAME@alias or /VERSION), "
+                                                    "a stage this one needs, or a model directory")
+    init_from_resolved: str | None = Field(None, description="set by the plan: the version or hash init_from "
+                                                             "resolved to (part of the fingerprint); not for recipes")
 
     @model_validator(mode="after")
     def _method_accepts_settings(self) -> "Config":
@@ -53,6 +75,33 @@ class Config(BaseModel):
             raise ValueError(str(err)) from None
         return self
 
+    @model_validator(mode="after")
+    def _validation_fits(self) -> "Config":
+        from components.models import method_class
+        from components.training.validation import can_validate
+
+        cls = method_class(self.method)
+        if self.val_every is not None and self.steps and self.val_every > self.steps:
+            raise ValueError(f"val_every ({self.val_every}) is above steps ({self.steps}): validation would never run")
+        if self.val_every is not None and not can_validate(cls, cls.Config.model_validate(self.method_config)):
+            raise ValueError(f"val_every: method '{self.method}' has no validation scores (its task scores no images)")
+        if self.select == "best":
+            if self.val_every is None:
+                raise ValueError("select: best needs validation: set val_every")
+            if self.selection_metric() is None:
+                raise ValueError(f"select: best: method '{self.method}' has no default score; set select_metric")
+        return self
+
+    def selection_metric(self) -> str | None:
+        """`select_metric`, or the default score of the method's task."""
+        from components.models import method_class
+        from components.tasks import task_named
+
+        if self.select_metric:
+            return self.select_metric
+        cls = method_class(self.method)
+        return task_named(cls.task_for(cls.Config.model_validate(self.method_config))).selected_by
+
 
 def resources(cfg: Config) -> dict[str, float]:
     """What the runner admits the stage for: the worker group Ray Train will place."""
@@ -64,46 +113,122 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     from components.data.ray_dataset import shard_dataset
     from components.models import method_class
     from components.tasks import training_columns
+    from components.training import checkpoint
     from components.training.spec import TrainSpec
     from components.training.trainer import Placement, fit
+    from components.training.validation import ValidationSpec
     from pipelines.stages.inputs import one_of_kind, shard_uris
 
     method = method_class(cfg.method)
     shards = one_of_kind(inputs, "shards", ctx.stage)
-    upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model"}
+    upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model" and a.stage != cfg.init_from}
     if cfg.steps == 0:
         return export_untrained(ctx, cfg, shards, upstream)
+    init_uri = prepare_init(ctx, cfg, inputs, upstream) if cfg.init_from else None
     columns = training_columns(method, method.Config.model_validate(cfg.method_config))
     datasets = {"train": shard_dataset(shard_uris(shards), "train", columns)}
     if getattr(method, "unpaired", ()):
         # A second stream of the same split, globally reshuffled: what an unpaired method's
         # discriminator sees as real never lines up with the generator's inputs.
         datasets["unpaired"] = shard_dataset(shard_uris(shards), "train", method.unpaired).random_shuffle(seed=cfg.seed + 1)
+    validation = (ValidationSpec(every=cfg.val_every, images=cfg.val_images, shard_uris=tuple(shard_uris(shards)),
+                                 batch_size=cfg.val_batch_size) if cfg.val_every else None)
     spec = TrainSpec(method=cfg.method, method_config=cfg.method_config, steps=cfg.steps,
                      batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                      seed=cfg.seed, upstream=upstream, tracking_uri=ctx.tracking_uri,
-                     mlflow_run_id=ctx.mlflow_run_id, progress=ctx.progress)
+                     mlflow_run_id=ctx.mlflow_run_id, progress=ctx.progress, ema_decay=cfg.ema_decay,
+                     schedule=cfg.schedule, validation=validation, select=cfg.select,
+                     select_metric=cfg.selection_metric() or "", init_from=init_uri)
     storage_path = storage.join(ctx.store_uri, "ray_train")
     run_name = f"{ctx.stage}-{ctx.fingerprint}"
     if ctx.forced:
         storage.remove_tree(storage.join(storage_path, run_name))
     result = fit(spec, datasets, storage_path, run_name,
                  Placement(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu))
-    trained = rebuild(cfg, result.state, upstream)
+    nets, live, step_from, val_scores = checkpoint.exported_weights(result.state, cfg.select)
+    trained = rebuild(cfg, nets, upstream)
     resumed_from = int(result.metrics.get("resumed_from", 0))
-    data = save_trained(ctx, trained, shards)
+    training = {"steps": cfg.steps, "step": step_from, "select": cfg.select, "select_metric": spec.select_metric,
+                "ema_decay": cfg.ema_decay, "val": val_scores, "init_from": cfg.init_from_resolved or cfg.init_from}
+    data = save_trained(ctx, trained, shards, training,
+                        {f"{net}.{key}": value for net, state in live.items() for key, value in state.items()})
     publish_samples(ctx, trained)
     losses = {k: float(v) for k, v in result.state["metrics"].items()}
     # rank 0's MLflow sender: metrics sent, dropped (never confirmed), seconds the server was unreachable
     tracking = {k: v for k, v in result.metrics.items() if k.startswith("tracking_")}
+    final_step = int(result.state["step"])
     return StageOutput(
         artifact="model",
-        count=int(result.state["step"]),
-        step=int(result.state["step"]),
-        metrics={**losses, **tracking, "step": int(result.state["step"]), "resumed_from": resumed_from},
+        count=final_step,
+        step=final_step,
+        metrics={**losses, **tracking, **{f"val/{k}": float(v) for k, v in val_scores.items()},
+                 "step": final_step, "selected_step": step_from, "resumed_from": resumed_from},
         details={"method": cfg.method, "task": trained.task, "data": data, "parameters": count_parameters(trained),
-                 "ray_train_run": run_name, "ray_train_storage": storage_path, "resumed_from": resumed_from},
+                 "ray_train_run": run_name, "ray_train_storage": storage_path, "resumed_from": resumed_from,
+                 "training": training, "val_history": result.state.get("val_history") or []},
     )
+
+
+def resolve(cfg: Config, needs: tuple[str, ...], stages: set[str], tracking_uri: Callable[[], str]) -> Config:
+    """The config with `init_from` pinned for the fingerprint (`init_from_resolved`): a registered
+    model's alias to its version, a model directory to its weights' hash; a stage needs no pin
+    (its own fingerprint is already among this stage's upstream). Raises ValueError naming a
+    source that does not exist."""
+    if cfg.init_from is None:
+        return cfg
+    source = cfg.init_from
+    if source.startswith(REGISTRY_PREFIX):
+        from components.tracking.pull import ModelReference, find_version
+
+        version = find_version(source, tracking_uri())
+        pinned = f"{REGISTRY_PREFIX}{ModelReference.parse(source).name}/{version.version}"
+    elif source in stages:
+        if source not in needs:
+            raise ValueError(f"init_from: stage '{source}' must be in this stage's needs to start from its model")
+        pinned = None
+    else:
+        pinned = f"sha256:{model_dir_hash(source)}"
+    return cfg.model_copy(update={"init_from_resolved": pinned})
+
+
+def model_dir_hash(uri: str) -> str:
+    import hashlib
+
+    from components import storage
+    from components.models.files import CONFIG, MODEL_FILES
+
+    if not storage.exists(storage.join(uri, CONFIG)):
+        raise ValueError(f"init_from: '{uri}' is neither a registered model (models:/NAME@alias), a stage of this "
+                         f"pipeline, nor a model directory (it has no {CONFIG})")
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        if storage.exists(storage.join(uri, name)):
+            digest.update(name.encode() + storage.read_bytes(storage.join(uri, name)))
+    return digest.hexdigest()[:16]
+
+
+def prepare_init(ctx: StageContext, cfg: Config, inputs: dict, upstream: dict[str, str]) -> str:
+    """The source model's files copied into this stage's output (`init_from/`, where every Ray Train
+    worker can read them), checked to fit this stage's networks; its URI."""
+    import tempfile
+
+    from components.models import build_method
+    from components.training.finetune import check_fits, read_source
+
+    target = ctx.path("init_from")
+    source = cfg.init_from_resolved if (cfg.init_from_resolved or "").startswith(REGISTRY_PREFIX) else cfg.init_from
+    if source in inputs:
+        copy_model_files(inputs[source].uri, target)
+    elif source.startswith(REGISTRY_PREFIX):
+        from components.tracking.pull import pull
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pull(source, tmp, ctx.tracking_uri)
+            copy_model_files(tmp, target)
+    else:
+        copy_model_files(source, target)
+    check_fits(build_method(cfg.method, cfg.method_config, upstream), read_source(target), f"'{cfg.init_from}'")
+    return target
 
 
 def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict[str, str]) -> StageOutput:
@@ -119,14 +244,29 @@ def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict
                                 "parameters": count_parameters(method), "trained": False})
 
 
-def save_trained(ctx: StageContext, method: Method, shards: Any) -> dict[str, Any]:
-    """The model directory users receive (safetensors + config.json with its data); returns that data."""
+def save_trained(ctx: StageContext, method: Method, shards: Any, training: dict[str, Any] | None = None,
+                 live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model directory users receive (safetensors + config.json with its data and, for a trained
+    model, which weights these are; the averaged networks' live weights beside it); returns the data."""
     from components.models.files import save_model_dir
 
     state, model_config = method.export()
     model_config["data"] = trained_on(shards)
-    save_model_dir(ctx.output_uri, state, model_config)
+    if training is not None:
+        model_config["training"] = training
+    save_model_dir(ctx.output_uri, state, model_config, live)
     return model_config["data"]
+
+
+def copy_model_files(source: str, target: str) -> None:
+    from components import storage
+    from components.models.files import CONFIG, MODEL_FILES, TRAINING_WEIGHTS
+
+    if not storage.exists(storage.join(source, CONFIG)):
+        raise FileNotFoundError(f"init_from: model directory '{source}' has no {CONFIG}")
+    for name in MODEL_FILES:
+        if name != TRAINING_WEIGHTS or storage.exists(storage.join(source, name)):
+            storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(storage.join(source, name)))
 
 
 def publish_samples(ctx: StageContext, method: Method) -> None:
@@ -153,13 +293,13 @@ def trained_on(shards: Any) -> dict[str, Any]:
             "shards_fingerprint": shards.fingerprint}
 
 
-def rebuild(cfg: Config, state: dict[str, Any], upstream: dict[str, str]) -> Any:
-    """The trained method on CPU, from the final checkpoint."""
+def rebuild(cfg: Config, nets: dict[str, Any], upstream: dict[str, str]) -> Any:
+    """The trained method on CPU, its networks loaded with `nets` (network -> state dict)."""
     from components.models import build_method
 
     method = build_method(cfg.method, cfg.method_config, upstream)
     for name, net in method.networks().items():
-        net.load_state_dict(state["nets"][name])
+        net.load_state_dict(nets[name])
     return method
 
 
