@@ -161,7 +161,8 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
         artifact="model",
         count=final_step,
         step=final_step,
-        metrics={**losses, **tracking, **{f"val/{k}": float(v) for k, v in val_scores.items()},
+        # `selected/`: the exported weights' val scores (the `val/` curve, per validation, is in the run already)
+        metrics={**losses, **tracking, **{f"selected/{k}": float(v) for k, v in val_scores.items()},
                  "step": final_step, "selected_step": step_from, "resumed_from": resumed_from},
         details={"method": cfg.method, "task": trained.task, "data": data, "parameters": count_parameters(trained),
                  "ray_train_run": run_name, "ray_train_storage": storage_path, "resumed_from": resumed_from,
