@@ -82,12 +82,16 @@ def plan(config: ConfigArg, set_: SetOpt = None, only: OnlyOpt = None, from_: Fr
 
 def cached_notes(cfg, entries, verified: bool = False) -> dict[str, str]:
     """What a cached output reports about itself: a synthesize stage's skipped images, whether its
-    files were checked (a manifest written before file lists has none to check against)."""
+    files were checked (a manifest written before file lists has none to check against); and for
+    any stage, what the plan pinned an outside reference to (an init_from alias to its version)."""
     from pipelines.dag import State
     from pipelines.store import Store
 
     store, notes = Store(cfg.store), {}
     for entry in entries:
+        pinned = entry.stage.config.get("init_from_resolved")
+        if pinned and pinned != entry.stage.config.get("init_from"):
+            notes[entry.stage.name] = f"init_from {entry.stage.config['init_from']} = {pinned}"
         if entry.state is State.CACHED:
             manifest = store.manifest(entry.stage.name, entry.fingerprint) or {}
             lines = []
@@ -100,7 +104,7 @@ def cached_notes(cfg, entries, verified: bool = False) -> dict[str, str]:
                 count = len(manifest["files"])
                 lines.append(f"{count} file{'' if count == 1 else 's'} verified (sha256)")
             if lines:
-                notes[entry.stage.name] = "\n".join(lines)
+                notes[entry.stage.name] = "\n".join([*filter(None, [notes.get(entry.stage.name)]), *lines])
     return notes
 
 

@@ -34,7 +34,7 @@ def progress_text(fields: dict[str, Any]) -> str:
 
 def detail_text(fields: dict[str, Any]) -> str:
     parts = [f"{key} {fields[key]:.4g}" if isinstance(fields[key], float) else f"{key} {fields[key]}"
-             for key in ("loss", "epoch", "resumed_from", "skipped", "message") if key in fields]
+             for key in ("loss", "epoch", "val", "resumed_from", "skipped", "message") if key in fields]
     return "  ".join(parts)
 
 

@@ -29,6 +29,7 @@ from torch.optim import Optimizer
 
 from components.losses.adversarial import AdversarialLoss
 from components.models.base import Method, MethodConfig, NotARestorer, Upstream
+from components.networks.moving_average import accumulate
 from components.networks.stylegan2 import Discriminator, Generator, channel_table
 from components.networks.stylegan2_convert import Layout, load_pretrained
 
@@ -92,15 +93,6 @@ def lazy_adam(params, lr: float, betas: tuple[float, float], interval: int | Non
     """Adam with the lazy-regularisation correction for a term run every `interval` steps (None: none)."""
     ratio = interval / (interval + 1) if interval else 1.0
     return torch.optim.Adam(params, lr=lr * ratio, betas=(betas[0] ** ratio, betas[1] ** ratio), eps=1e-8)
-
-
-@torch.no_grad()
-def accumulate(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied."""
-    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
 
 
 class StyleGAN2(Method):

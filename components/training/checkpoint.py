@@ -22,10 +22,10 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def capture(method: Method, step: int, metrics: dict[str, float], kept: dict[str, Any]) -> dict[str, Any]:
-    """`kept`: the training loop's Keeper state (`ema`, `val_history`, `best`), {} off rank 0."""
+def capture(method: Method, step: int, metrics: dict[str, float], kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`kept`: the training loop's Keeper state (`ema`, `val_history`, `best`); none off rank 0."""
     return {
-        **kept,
+        **(kept or {}),
         "step": step,
         "nets": {name: unwrap(net).state_dict() for name, net in method.networks().items()},
         "opts": {name: opt.state_dict() for name, opt in method.optimizers().items()},

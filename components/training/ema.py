@@ -17,24 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
-from torch import nn
-
 from components.models.base import Method
+from components.networks.moving_average import accumulate
 
 
 def decay_at(ema_decay: float, updates: int) -> float:
     """The decay of the `updates`-th update (1-based)."""
     return min(ema_decay, (1 + updates) / (10 + updates))
-
-
-@torch.no_grad()
-def accumulate(average: nn.Module, live: nn.Module, decay: float) -> None:
-    """average <- decay * average + (1 - decay) * live, parameters; buffers copied."""
-    for mean, param in zip(average.parameters(), live.parameters(), strict=True):
-        mean.lerp_(param.detach().to(mean.dtype), 1.0 - decay)
-    for mean, buffer in zip(average.buffers(), live.buffers(), strict=True):
-        mean.copy_(buffer)
 
 
 class WeightAverage:

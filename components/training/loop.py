@@ -77,7 +77,7 @@ def train_loop(config: dict[str, Any]) -> None:
             keeper.average.update()
             scores = keeper.validate(step)
             if scores:
-                logger.log_now(step, {f"val/{key}": value for key, value in scores.items()})
+                logger.log_now(step, {f"val/{key}": value for key, value in scores.items()}, val=keeper.summary(scores, step))
         if logger:
             logger.add({**metrics, "lr_factor": lr_factor})
             if step % spec.log_every == 0 or step == spec.steps:
@@ -134,6 +134,12 @@ class Keeper:
         if self.best is not None:
             self.best.offer(step, scores, exported, self.method, self.average.names)
         return scores
+
+    def summary(self, scores: dict[str, float], step: int) -> str:
+        """The live view's line: the score that selects the weights (else the first), at which step."""
+        metric = self.spec.select_metric if self.spec.select_metric in scores else next(iter(scores))
+        best = f", best {self.best.score:.4g} @ {self.best.step}" if self.best is not None and self.best.score is not None else ""
+        return f"{metric} {scores[metric]:.4g} @ {step}{best}"
 
     def state(self) -> dict[str, Any]:
         return {"ema": self.average.state(), "val_history": self.history,
@@ -199,7 +205,7 @@ def report(method: Method, step: int, metrics: dict[str, float], start: int, ran
     with tempfile.TemporaryDirectory() as directory:
         saved = None
         if rank == 0:
-            checkpoint.save(checkpoint.capture(method, step, metrics, keeper.state() if keeper else {}), directory)
+            checkpoint.save(checkpoint.capture(method, step, metrics, keeper.state() if keeper else None), directory)
             saved = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(values, checkpoint=saved)
 

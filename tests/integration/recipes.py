@@ -19,6 +19,7 @@ def write_tiny_recipe(name: str, directory: Path, settings: dict) -> Path:
     raw["name"] = f"tiny-{name}"
     raw["store"] = str(directory / "store")
     raw = apply_settings(raw, settings)
+    clamp_validation(raw)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -30,3 +31,10 @@ def train_settings(stages: list[str], steps: int = 30, batch_size: int = 8) -> d
         settings.update({f"{stage}.steps": steps, f"{stage}.batch_size": batch_size, f"{stage}.workers": 1,
                          f"{stage}.checkpoint_every": steps, f"{stage}.log_every": 10})
     return settings
+
+
+def clamp_validation(raw: dict) -> None:
+    """A stage's `val_every` cut to its (test-size) `steps`: validation still runs, at the end."""
+    for stage in raw["stages"].values():
+        if stage.get("val_every") and stage.get("steps"):
+            stage["val_every"] = min(stage["val_every"], stage["steps"])

@@ -10,6 +10,7 @@ import yaml
 
 from components import storage
 from pipelines.store import Store
+from tests.integration.recipes import clamp_validation
 
 DEMO = Path(__file__).parents[2] / "pipelines" / "configs" / "demo.yaml"
 
@@ -21,6 +22,7 @@ def write_tiny_config(directory: Path, steps: int = 60, **train) -> Path:
     raw["stages"]["synthesize"].update(source={"kind": "procedural", "count": 320}, shard_size=80, resolution=32)
     raw["stages"]["train_baseline"].update(steps=steps, batch_size=16, checkpoint_every=20, log_every=5,
                                            method_config={"width": 16, "depth": 2, "lr": 1.0e-3}, **train)
+    clamp_validation(raw)
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -56,12 +56,15 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it_lost_it(sto
 
 def test_renewal_pushes_the_expiry_and_release_frees_the_stage(store):
     kind, uri = store
-    leases = kind(ttl_s=0.5)
+    leases = kind(ttl_s=2.0)
     ours, _ = leases.try_acquire(uri, "run-a")
-    time.sleep(0.3)
+    time.sleep(1.0)
     renewed = leases.renew(ours)
     assert renewed.expires_at > ours.expires_at and renewed.token == ours.token
-    time.sleep(0.3)  # past the first expiry, within the renewed one
+    # Just past the first expiry, well within the renewed one (timed from the leases' own clock,
+    # so a slow renewal on a loaded machine does not eat the margin).
+    time.sleep(max(0.0, ours.expires_at + 0.1 - time.time()))
+    assert time.time() < renewed.expires_at - 0.3
     assert leases.try_acquire(uri, "run-b")[0] is None
     leases.release(renewed)
     assert leases.read(uri) is None and leases.try_acquire(uri, "run-b")[0] is not None

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from components.models import build_method, load_method
 from components.models.base import NotARestorer
-from components.models.stylegan2 import StyleGAN2, accumulate, r1_penalty
+from components.models.stylegan2 import StyleGAN2, r1_penalty
+from components.networks.moving_average import accumulate
 from components.networks.stylegan2 import Blur, ModulatedConv2d, Upsample, blur_kernel
 from components.networks.stylegan2_convert import export_state_dict, import_state_dict, official_key_map
 from tests.unit.method_checks import (

@@ -12,7 +12,8 @@ from components.metrics.knn import knn_accuracy
 from components.models import build_method
 from components.models.files import save_model_dir
 from components.training import checkpoint
-from components.training.ema import WeightAverage, accumulate, decay_at
+from components.networks.moving_average import accumulate
+from components.training.ema import WeightAverage, decay_at
 from components.training.finetune import check_fits, read_source, start_from
 from components.training.schedule import LrSchedule, ScheduleConfig, lr_factor
 from components.training.validation import BestWeights, is_better
@@ -232,3 +233,15 @@ def test_select_best_ranks_by_the_tasks_score_unless_named():
     assert cfg.selection_metric() == "psnr_hole"
     cfg = parse_config(stage_config(val_every=10, select="best", select_metric="ssim")).stages["train"].config
     assert cfg.selection_metric() == "ssim"
+
+
+def test_the_model_card_says_which_step_the_weights_come_from_and_their_val_scores():
+    from components.tracking.pull import training_lines
+
+    lines = training_lines({"steps": 300, "step": 250, "select": "best", "select_metric": "psnr_hole",
+                            "ema_decay": 0.999, "val": {"psnr_hole": 19.42, "psnr": 27.9},
+                            "init_from": "models:/facerestore-cafin/3"})
+    assert lines == ["- weights: step 250 of 300 (best validation by val psnr_hole; EMA decay 0.999)",
+                     "- val scores at that step: psnr 27.9, psnr_hole 19.42",
+                     "- fine-tuned from: `models:/facerestore-cafin/3`"]
+    assert training_lines({}) == []
