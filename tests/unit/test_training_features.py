@@ -245,3 +245,21 @@ def test_the_model_card_says_which_step_the_weights_come_from_and_their_val_scor
                      "- val scores at that step: psnr 27.9, psnr_hole 19.42",
                      "- fine-tuned from: `models:/facerestore-cafin/3`"]
     assert training_lines({}) == []
+
+
+def test_plan_pins_a_model_directory_by_its_files_and_a_stage_by_nothing(tmp_path):
+    from pipelines.stages.train import resolve
+
+    save_trained(build_method("baseline", TINY_CONFIGS["baseline"]), tmp_path / "m")
+    cfg = parse_config(stage_config(init_from=str(tmp_path / "m"))).stages["train"].config
+    no_registry = lambda: pytest.fail("a directory or a stage needs no tracking server")  # noqa: E731
+    pinned = resolve(cfg, ("synthesize",), {"synthesize", "train"}, no_registry).init_from_resolved
+    assert pinned.startswith("sha256:")
+    save_trained(build_method("baseline", {**TINY_CONFIGS["baseline"], "width": 4}), tmp_path / "m")
+    assert resolve(cfg, ("synthesize",), {"synthesize", "train"}, no_registry).init_from_resolved != pinned
+
+    from_stage = cfg.model_copy(update={"init_from": "earlier"})
+    assert resolve(from_stage, ("synthesize", "earlier"), {"synthesize", "earlier", "train"},
+                   no_registry).init_from_resolved is None
+    with pytest.raises(ValueError, match="stage 'earlier' must be in this stage's needs"):
+        resolve(from_stage, ("synthesize",), {"synthesize", "earlier", "train"}, no_registry)
