@@ -1,9 +1,10 @@
-"""`python -m benchmarks [NAME ...] [--quick]`: run the benchmarks and print their tables."""
+"""`python -m benchmarks [NAME ...] [--quick] [--recipe RECIPE]`: run the benchmarks and print their tables."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import pkgutil
 import time
@@ -32,12 +33,19 @@ def table(name: str, rows: list[dict]) -> Table:
     return out
 
 
+def options(run, given: dict) -> dict:
+    """The options given (not None) that `run` takes as keywords: a case's own (quality's recipe)."""
+    accepted = inspect.signature(run).parameters
+    return {key: value for key, value in given.items() if value is not None and key in accepted}
+
+
 def main() -> None:
     names = available()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all of {', '.join(names)})")
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the harness, not the speed")
+    parser.add_argument("--recipe", help="quality: run this recipe's part only (inpaint, masked_face, face_sr, blind)")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(names))
     if unknown:
@@ -46,7 +54,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.names or names:
         started = time.time()
-        rows = importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick)
+        run = importlib.import_module(f"benchmarks.bench_{name}").run
+        rows = run(quick=args.quick, **options(run, {"recipe": args.recipe}))
         console.print(table(name, rows))
         (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "quick": args.quick,
                                                            "seconds": time.time() - started}, indent=2))
