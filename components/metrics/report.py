@@ -5,7 +5,8 @@ table, the same scores split by the task's breakdown (mask-ratio bucket for inpa
 degradation level for blind restoration, scale for super-resolution). Written as Markdown
 (`report.md`), CSV (`report.csv`, one row per task x group x method x metric, "all" for the
 whole split) and an HTML page (`report.html`) that shows each task's image grid
-(`grid_<task>.png`: one column per baseline and method, then the target).
+(`grid_<task>.png`: one column per baseline and method, then the target, each named in a
+header strip drawn into the picture, so a grid opened alone, from MLflow, still reads).
 """
 
 from __future__ import annotations
@@ -99,14 +100,99 @@ class Report:
         return "\n".join(parts)
 
 
-def image_grid(columns: Sequence[Tensor]) -> np.ndarray:
+def image_grid(columns: Sequence[Tensor], labels: Sequence[str] | None = None) -> np.ndarray:
     """uint8 H x W x 3: the columns side by side, each (rows, C, h, w) in [0, 1] stacked top to
-    bottom; one-channel images (masks, edges) shown grey."""
+    bottom; one-channel images (masks, edges) shown grey. `labels`, one per column: a white
+    strip on top names each column in black (see `label_strip`), so the picture reads without
+    the page it came from; None: no strip, the images alone."""
+    import numpy as np
     import torch
 
     columns = [column.expand(-1, 3, -1, -1) if column.shape[1] == 1 else column for column in columns]
     image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*h x cols*w
-    return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    grid = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    if labels is None:
+        return grid
+    if len(labels) != len(columns):
+        raise ValueError(f"{len(labels)} labels for {len(columns)} grid columns")
+    return np.concatenate([label_strip(list(labels), [column.shape[-1] for column in columns]), grid])
+
+
+# The header of a labelled grid: OpenCV's Hershey font, black on white, centred over each column.
+# A name too wide for its column is wrapped after `_ - . /` or a space (at most LABEL_LINES
+# lines), the whole strip's font shrunk as far as LABEL_MIN_SCALE, and only then cut anywhere.
+LABEL_SCALE_PER_PX = 0.4 / 64  # 0.4 at 64 px columns: "train_cafin" fits one line
+LABEL_MIN_SCALE = 0.3  # about 8 px tall capitals, the smallest that stays readable
+LABEL_MAX_SCALE = 1.0
+LABEL_LINES = 3
+LABEL_PAD = 2  # pixels kept clear at each side of a column and above / below the text
+SEPARATORS = "_-./ "
+
+
+def label_strip(labels: list[str], widths: list[int]) -> np.ndarray:
+    """uint8 (strip height) x sum(widths) x 3, white with each label in black over its column."""
+    import cv2
+    import numpy as np
+
+    scale, lines = fit_labels(labels, widths)
+    (_, text_h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    line_h = text_h + baseline + LABEL_PAD
+    height = max([1, *map(len, lines)]) * line_h + 2 * LABEL_PAD
+    cells = []
+    for width, block in zip(widths, lines):
+        cell = np.full((height, width, 3), 255, np.uint8)  # drawn apart: a name never spills onto the next column
+        for row, line in enumerate(block):
+            origin = (max(0, (width - text_width(line, scale)) // 2), LABEL_PAD + row * line_h + text_h)
+            cv2.putText(cell, line, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cells.append(cell)
+    return np.concatenate(cells, axis=1)
+
+
+def fit_labels(labels: list[str], widths: list[int]) -> tuple[float, list[list[str]]]:
+    """(font scale, each label's lines): the largest scale, from the one the narrowest column
+    suggests down to LABEL_MIN_SCALE, at which every label wraps into LABEL_LINES lines without
+    cutting a word; failing that, LABEL_MIN_SCALE with the long words cut."""
+    start = min(LABEL_MAX_SCALE, max(LABEL_MIN_SCALE, LABEL_SCALE_PER_PX * min(widths, default=64)))
+    scale = start
+    while True:
+        wrapped = [wrap_label(label, width - 2 * LABEL_PAD, scale) for label, width in zip(labels, widths)]
+        if all(not cut and len(lines) <= LABEL_LINES for lines, cut in wrapped) or scale <= LABEL_MIN_SCALE:
+            return scale, [lines for lines, _ in wrapped]
+        scale = max(LABEL_MIN_SCALE, round(scale - 0.05, 2))
+
+
+def wrap_label(label: str, width: int, scale: float) -> tuple[list[str], bool]:
+    """(lines of `label` at most `width` px wide at `scale`, whether a word had to be cut): greedy,
+    breaking after a separator; a word wider than a line is cut where it overflows."""
+    import re
+
+    chars = re.escape(SEPARATORS)
+    lines, line, cut = [], "", False
+    for piece in re.findall(f"[^{chars}]*[{chars}]*", label):
+        if not piece:
+            continue
+        if text_width((line + piece).rstrip(SEPARATORS), scale) <= width:  # a trailing separator may overhang
+            line += piece
+            continue
+        if line.strip():
+            lines.append(line.rstrip())
+        line = piece
+        while text_width(line.rstrip(SEPARATORS), scale) > width and len(line.rstrip()) > 1:
+            cut = True
+            keep = 1
+            while keep < len(line) and text_width(line[:keep + 1], scale) <= width:
+                keep += 1
+            lines.append(line[:keep])
+            line = line[keep:]
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines, cut
+
+
+def text_width(text: str, scale: float) -> int:
+    import cv2
+
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] if text else 0
 
 
 def metric_names(scores: dict[str, dict[str, float]]) -> list[str]:

@@ -12,15 +12,12 @@ logs both to the stage's MLflow run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.metrics.learned import LearnedMetricsConfig
 from pipelines.context import StageContext, StageOutput
-
-if TYPE_CHECKING:  # annotations only: importing torch here would slow every config load
-    from components.models.base import Method
 
 CODE_VERSION = "2"
 
@@ -81,23 +78,10 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
 
 def read_split(shards: Any, split: str, columns: list[str]) -> tuple[dict, dict[str, list[str]]]:
     """The split's decoded `columns` as tensors, and each sample's breakdown groups."""
-    import torch
-
-    from components.data.decode import table_to_arrays
-    from components.data.shards import read_shards
-    from components.metrics.scoring import sample_groups
+    from components.metrics.scoring import read_scored_split
     from pipelines.stages.inputs import shard_uris
 
-    table = read_shards(shard_uris(shards), split=split,
-                        columns=sorted({*columns, "mask_bucket", "degradation", "sr_factor"}))
-    if table.num_rows == 0:
-        raise ValueError(f"shards of '{shards.stage}' hold no '{split}' samples to evaluate on")
-    for column in columns:
-        if table.column(column).null_count:
-            raise ValueError(f"shards of '{shards.stage}' have no '{column}' column values, which scoring needs "
-                             f"(for 'lr', set the synthesize stage's super_resolution; for 'edge', its edges)")
-    data = {k: torch.from_numpy(v) for k, v in table_to_arrays(table, columns).items()}
-    return data, sample_groups(table)
+    return read_scored_split(shard_uris(shards), split, columns, where=f"shards of '{shards.stage}'")
 
 
 def score_task(task: Any, methods: dict[str, Any], data: dict, batch_size: int) -> tuple[dict, dict]:
@@ -105,25 +89,17 @@ def score_task(task: Any, methods: dict[str, Any], data: dict, batch_size: int) 
     scoring = task.scoring
     outputs = {name: baseline(data) for name, baseline in scoring.baselines.items()}
     for name, method in methods.items():
-        outputs[name] = restore_all(method, scoring.method_batch(data), batch_size)
+        outputs[name] = scoring.restore(method, data, batch_size)
     return {name: scoring.score(out, data) for name, out in outputs.items()}, outputs
 
 
-def restore_all(method: Method, batch: dict, batch_size: int):
-    import torch
-
-    count = len(next(iter(batch.values())))
-    outs = [method.restore({k: v[start:start + batch_size] for k, v in batch.items()}).cpu()
-            for start in range(0, count, batch_size)]
-    return torch.cat(outs).clamp(0, 1)
-
-
 def grid(target, outputs: dict, rows: int):
-    """uint8 HxWx3: per row each output (baselines first, then models), then the target."""
+    """uint8 HxWx3: per row each output (baselines first, then models), then the target; each
+    column's name (the baseline or model stage, "target") in a header strip above it."""
     from components.metrics.report import image_grid
 
     rows = min(rows, len(target))
-    return image_grid([out[:rows] for out in outputs.values()] + [target[:rows]])
+    return image_grid([out[:rows] for out in outputs.values()] + [target[:rows]], labels=[*outputs, "target"])
 
 
 def write_outputs(ctx: StageContext, metrics: dict[str, float], report: Any) -> None:

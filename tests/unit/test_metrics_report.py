@@ -2,8 +2,10 @@ import csv
 import io
 
 import numpy as np
+import pytest
+import torch
 
-from components.metrics.report import Report
+from components.metrics.report import Report, image_grid, text_width, wrap_label
 
 
 def sample_report():
@@ -44,3 +46,63 @@ def test_a_metric_without_weights_is_printed_unavailable_and_never_logged_as_a_n
     assert "| input | **20.00** | unavailable | unavailable |" in report.markdown()
     assert report.flat_metrics() == {"input/psnr": 20.0}
     assert "unavailable" in report.csv()
+
+
+def grid_columns(count=3, rows=2, size=64):
+    """Mid-grey columns (no pixel near black or white), each its own shade."""
+    return [torch.full((rows, 3, size, size), 0.3 + 0.1 * i) for i in range(count)]
+
+
+def test_a_grid_without_labels_is_the_columns_side_by_side_as_before():
+    columns = [*grid_columns(2), torch.rand(2, 1, 64, 64)]  # a one-channel column shows grey
+    before = torch.cat([torch.cat(list(c.expand(-1, 3, -1, -1)), dim=1) for c in columns], dim=2)
+    expected = (before.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    assert np.array_equal(image_grid(columns), expected)
+    assert np.array_equal(image_grid(columns, labels=None), expected)
+
+
+def test_labels_add_a_light_header_strip_above_the_unchanged_images():
+    columns = grid_columns()
+    plain, labelled = image_grid(columns), image_grid(columns, labels=["telea", "train_cafin", "target"])
+    strip = labelled.shape[0] - plain.shape[0]
+    assert labelled.shape[1:] == plain.shape[1:] and 8 <= strip <= 64
+    assert np.array_equal(labelled[strip:], plain)
+    assert (labelled[:strip] > 200).mean() > 0.8  # mostly background: light
+
+
+def test_each_label_is_dark_text_above_its_own_column():
+    columns = grid_columns()
+    image = image_grid(columns, labels=["", "telea", ""])
+    strip = image[:image.shape[0] - 2 * 64]
+    dark = (strip < 100).all(axis=2)
+    assert not dark[:, :64].any() and not dark[:, 128:].any()
+    xs = np.nonzero(dark.any(axis=0))[0]
+    assert len(xs) and 64 < xs.min() and xs.max() < 128
+    assert abs((xs.min() + xs.max()) / 2 - 96) <= 4  # centred over its column
+
+
+def test_a_name_too_long_for_its_column_wraps_and_stays_inside_it():
+    short = image_grid(grid_columns(), labels=["", "telea", ""])
+    long = image_grid(grid_columns(), labels=["", "train_fusion_inpaint", ""])
+    assert long.shape[0] > short.shape[0]  # three lines: a taller strip
+    dark = (long[:long.shape[0] - 2 * 64] < 100).all(axis=2)
+    assert not dark[:, :64].any() and not dark[:, 128:].any()
+    text_rows = np.nonzero(dark.any(axis=1))[0]
+    assert text_rows.max() - text_rows.min() > 2 * 8  # over two lines of ~8 px text apart
+    assert wrap_label("train_fusion_inpaint", 60, 0.4) == (["train_", "fusion_", "inpaint"], False)
+    lines, cut = wrap_label("x" * 40, 60, 0.3)  # one word wider than the column: cut anywhere
+    assert cut and all(text_width(line, 0.3) <= 60 for line in lines) and "".join(lines) == "x" * 40
+
+
+def test_labels_must_match_the_columns():
+    with pytest.raises(ValueError, match="2 labels for 3 grid columns"):
+        image_grid(grid_columns(), labels=["a", "b"])
+
+
+def test_the_evaluate_grid_names_each_baseline_and_model_then_the_target():
+    from pipelines.stages.evaluate import grid
+
+    target, outputs = grid_columns(1)[0], {"telea": grid_columns(1)[0], "train_cafin": grid_columns(1)[0]}
+    image = grid(target, outputs, rows=8)
+    assert np.array_equal(image, image_grid([*outputs.values(), target], labels=["telea", "train_cafin", "target"]))
+    assert image.shape[0] > 2 * 64
