@@ -29,7 +29,9 @@ def branching_config(directory: Path, steps: int = 20) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = write_tiny_config(directory, steps=steps)
     raw = yaml.safe_load(path.read_text())
-    train = {**raw["stages"]["train_baseline"], "workers": 1, "checkpoint_every": steps}
+    # No validation: these stages check the DAG, and a rerun sets its own `steps` (train_b.steps=10).
+    train = {**raw["stages"]["train_baseline"], "workers": 1, "checkpoint_every": steps, "val_every": None,
+             "select": "last"}
     raw["stages"] = {
         "synthesize": raw["stages"]["synthesize"],
         "train_a": train,

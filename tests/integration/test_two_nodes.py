@@ -225,8 +225,8 @@ def test_two_independent_training_branches_run_at_once_across_both_nodes_and_the
 
     cluster.ensure_worker()
     config = tiny_config(cluster.directory / "branches", cluster.store("branches"), lambda train: {
-        "train_a": {**train, "steps": 20, "checkpoint_every": 20},
-        "train_b": {**train, "steps": 20, "checkpoint_every": 20, "seed": 1},
+        "train_a": {**train, "steps": 20, "checkpoint_every": 20, "val_every": 20},
+        "train_b": {**train, "steps": 20, "checkpoint_every": 20, "val_every": 20, "seed": 1},
         "evaluate": {"needs": ["synthesize", "train_a", "train_b"]},
     })
     log = cluster.directory / "branches.log"
