@@ -30,6 +30,13 @@ def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any],
     storage.write_json_atomic(storage.join(uri, CONFIG), config)
 
 
+def files_to_copy(uri: str) -> tuple[str, ...]:
+    """The names of a model directory's files that a copy of it carries: the weights and config
+    always (a copy of a directory without them fails on reading them), the training weights
+    where the model has them."""
+    return tuple(name for name in MODEL_FILES if name != TRAINING_WEIGHTS or storage.exists(storage.join(uri, name)))
+
+
 def read_training_weights(uri: str) -> dict[str, Any]:
     """The live weights of a model's averaged networks (`{"<net>.<param>": tensor}`); {} when it has none."""
     path = storage.join(uri, TRAINING_WEIGHTS)

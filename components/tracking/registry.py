@@ -59,14 +59,13 @@ def log_version(candidate: Candidate) -> int:
     import mlflow
 
     from components import storage
-    from components.models.files import MODEL_FILES, TRAINING_WEIGHTS
+    from components.models.files import files_to_copy
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "model")
         data.mkdir()
-        for name in MODEL_FILES:  # the training weights too, when the model has them: fine-tuning needs them
-            if name != TRAINING_WEIGHTS or storage.exists(storage.join(candidate.model_uri, name)):
-                (data / name).write_bytes(storage.read_bytes(storage.join(candidate.model_uri, name)))
+        for name in files_to_copy(candidate.model_uri):  # the training weights too: fine-tuning needs them
+            (data / name).write_bytes(storage.read_bytes(storage.join(candidate.model_uri, name)))
         with mlflow.start_run(run_id=candidate.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", loader_module=PYFUNC_LOADER, data_path=str(data),

@@ -261,13 +261,12 @@ def save_trained(ctx: StageContext, method: Method, shards: Any, training: dict[
 
 def copy_model_files(source: str, target: str) -> None:
     from components import storage
-    from components.models.files import CONFIG, MODEL_FILES, TRAINING_WEIGHTS
+    from components.models.files import CONFIG, files_to_copy
 
     if not storage.exists(storage.join(source, CONFIG)):
         raise FileNotFoundError(f"init_from: model directory '{source}' has no {CONFIG}")
-    for name in MODEL_FILES:
-        if name != TRAINING_WEIGHTS or storage.exists(storage.join(source, name)):
-            storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(storage.join(source, name)))
+    for name in files_to_copy(source):
+        storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(storage.join(source, name)))
 
 
 def publish_samples(ctx: StageContext, method: Method) -> None:
