@@ -381,35 +381,83 @@ def pull(reference: Annotated[str, typer.Argument(help="NAME (its champion), NAM
 
 
 @app.command()
-def restore(inputs: Annotated[list[Path], typer.Argument(help="photos and folders of photos")],
+def restore(inputs: Annotated[list[str], typer.Argument(help="photos and folders of photos (local or s3://...)")],
             model: Annotated[str, typer.Option("--model", help="a pulled model folder, or models:/NAME@alias")],
-            out: Annotated[Path, typer.Option("--out", help="folder for the restored PNGs")],
-            mask: Annotated[Optional[Path], typer.Option("--mask", help="holes to fill (inpainting): white = missing")] = None,
+            out: Annotated[str, typer.Option("--out", help="output folder (local or s3://...), GFPGAN's layout")],
+            mask: Annotated[Optional[str], typer.Option("--mask", help="holes to fill (inpainting), in photo "
+                                                        "coordinates: white = missing")] = None,
+            aligned: Annotated[bool, typer.Option("--aligned", help="the photos are aligned face crops: no detection")] = False,
+            only_center_face: Annotated[bool, typer.Option("--only-center-face", help="restore the face nearest the "
+                                                           "centre only")] = False,
+            min_face: Annotated[int, typer.Option("--min-face", help="faces smaller than this (pixels) are left as they are")] = 24,
+            batch_size: Annotated[int, typer.Option("--batch-size", help="faces per network pass")] = 8,
+            device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when there is "
+                                                          "one; bf16 on a GPU)")] = None,
+            max_output_pixels: Annotated[int, typer.Option("--max-output-pixels", help="an SR model refuses a larger "
+                                                           "output")] = 100_000_000,
+            detector_weights: Annotated[Optional[str], typer.Option("--detector-weights", help="folder with MTCNN's "
+                                                                    "pnet.pt, rnet.pt, onet.pt")] = None,
+            address: Annotated[Optional[str], typer.Option(help="Ray cluster address: restore there (else RAY_ADDRESS; "
+                                                           "an s3:// input also runs on Ray)")] = None,
+            actors: Annotated[Optional[int], typer.Option("--actors", help="on Ray: loaded models at once (default: "
+                                                          "a GPU each, else half the CPUs)")] = None,
             tracking_uri: TrackingOpt = None, store: StoreOpt = ".facerestore") -> None:
-    """Restore photos; a file that cannot be restored is listed and the rest go on (exit 1 if any failed)."""
+    """Restore photos: find each face, align it, restore it, paste it back. A file that cannot be
+    restored is listed and the rest go on (exit 1 if any failed); restore_report.csv lists all."""
     import tempfile
 
-    from components.inference import RestoreError, load_restorer, restore_paths
+    from components import storage
+    from components.restore import RestoreError, RestoreOptions, restore_here, restore_on_cluster
     from components.tracking.pull import pull as pull_model
 
+    options = RestoreOptions(aligned=aligned, only_center_face=only_center_face, min_face=min_face,
+                             batch_size=batch_size, max_output_pixels=max_output_pixels, detector_weights=detector_weights)
+    address = address or os.environ.get("RAY_ADDRESS")
+    on_cluster = bool(address) or not all(storage.is_local(uri) for uri in inputs)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             model_dir = model
             if model.startswith("models:/"):
                 model_dir = str(pull_model(model, Path(tmp), _tracking_uri(tracking_uri, store)).directory)
-            restorer = load_restorer(model_dir)
-            if mask is not None and not mask.is_file():
+            if mask is not None and not storage.exists(mask):
                 raise RestoreError(f"mask {mask} does not exist")
-            report = restore_paths(restorer, inputs, out, mask)
-        except (RestoreError, LookupError, ValueError, FileNotFoundError) as err:
+            if on_cluster:
+                _connect_for_restore(address)
+                summary = restore_on_cluster(model_dir, inputs, out, options, mask, device, actors)
+            else:
+                summary = restore_here(model_dir, inputs, out, options, mask, device, on_row=_print_row)
+        except (RestoreError, LookupError, ValueError, FileNotFoundError, RuntimeError) as err:
             console().print(f"[bold red]cannot restore:[/] {err}")
             raise typer.Exit(2) from None
-    for photo, reason in report.failed:
-        console().print(f"[red]skipped {photo}:[/] {reason}")
-    console().print(f"restored {len(report.written)} photo(s) into {out}"
-                    + (f"; {len(report.failed)} could not be restored" if report.failed else ""))
-    if report.failed:
+    if on_cluster:
+        for row in summary.rows:
+            _print_row(row)
+    faces = sum(row.faces for row in summary.rows)
+    console().print(f"restored {summary.count('restored')} photo(s), {faces} face(s), into {out}"
+                    + (f"; {summary.count('already restored')} already restored" if summary.count("already restored") else "")
+                    + (f"; {summary.count('no face')} with no face (written unchanged)" if summary.count("no face") else "")
+                    + (f"; {len(summary.failed)} could not be restored" if summary.failed else "")
+                    + f"\nreport: {summary.report}", highlight=False, soft_wrap=True)
+    if summary.failed:
         raise typer.Exit(1)
+
+
+def _print_row(row) -> None:
+    if row.status in ("failed", "missing"):
+        console().print(f"[red]skipped {row.input}:[/] {row.reason}", highlight=False, soft_wrap=True)
+    elif row.reason:
+        console().print(f"{row.input}: {row.status}; {row.reason}", highlight=False, soft_wrap=True)
+
+
+def _connect_for_restore(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray for a store input."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=os.environ.get("FACERESTORE_RAY_LOGS") == "1", include_dashboard=False)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
 
 
 data_app = typer.Typer(help="Look at datasets: shards written by a synthesize stage.", no_args_is_help=True)
