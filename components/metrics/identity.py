@@ -4,7 +4,13 @@ Wan et al. 2024 evaluate masked-face inpainting by whether a face recogniser sti
 same person; each (restored, ground-truth) pair is scored by the cosine similarity of their
 ArcFace (Deng et al. 2019) IResNet embeddings: range [-1, 1], higher is better. The network
 layout, the input normalisation and the caveat on FFHQ-style crops: docs/methods.md, section
-"metrics/identity.py".
+"metrics/identity.py". Without ArcFace weights the evaluate stage embeds faces with dlib's
+face recognition ResNet instead (components/metrics/dlib_identity.py).
+
+`id_accuracy`, Wan et al.'s face-recognition accuracy, is one number per set: the share of
+restored faces whose nearest ground-truth face of the set (by the recogniser's distance:
+Euclidean for dlib, cosine for ArcFace) is their own. A tie with another face counts as a miss,
+so a recogniser that cannot tell faces apart scores 0, not 1.
 
 In: faces in [0, 1], resized to 112 x 112 (bilinear, antialiased when shrinking). Out: (N,).
 Weights: insightface's released `backbone.pth` (e.g. ms1mv3_arcface_r50_fp16), loaded key for
@@ -32,7 +38,8 @@ IRESNET_LAYOUTS: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3),
 }
 
-__all__ = ["IdentityNet", "MetricUnavailable", "available", "identity_similarity"]
+__all__ = ["IdentityNet", "MetricUnavailable", "available", "embedding_similarity", "id_accuracy",
+           "identity_similarity"]
 
 
 def available(weights: str | Path | None) -> bool:
@@ -64,6 +71,8 @@ class IBasicBlock(nn.Module):
 class IdentityNet(nn.Module):
     """Frozen ArcFace IResNet: [0, 1] RGB faces (N, 3, H, W) -> embeddings (N, embedding_dim), float32."""
 
+    distance = "cosine"  # what id_accuracy ranks faces by: ArcFace's angular metric
+
     def __init__(self, depth: int = 50, width: int = ARCFACE_WIDTH, embedding_dim: int = ARCFACE_EMBEDDING):
         super().__init__()
         if depth not in IRESNET_LAYOUTS:
@@ -72,6 +81,7 @@ class IdentityNet(nn.Module):
         if width < 1 or embedding_dim < 1:
             raise ValueError(f"IdentityNet width and embedding_dim must be positive, got {width}, {embedding_dim}")
         self.depth = depth
+        self.name = f"arcface_iresnet{depth}"
         self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width, eps=BN_EPS)
         self.prelu = nn.PReLU(width)
@@ -126,8 +136,35 @@ def identity_similarity(pred: Tensor, target: Tensor, net: IdentityNet) -> Tenso
         raise ValueError(f"identity similarity needs pred and target of one NCHW shape, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
     with torch.no_grad():
-        a, b = net(pred), net(target)
-    return F.cosine_similarity(a, b, dim=1).clamp(-1.0, 1.0)
+        return embedding_similarity(net(pred), net(target))
+
+
+def embedding_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """Per-row cosine similarity of two (N, D) embeddings, (N,), in [-1, 1]."""
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"identity similarity needs two (N, D) embeddings of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    return F.cosine_similarity(a.float(), b.float(), dim=1).clamp(-1.0, 1.0)
+
+
+def id_accuracy(restored: Tensor, targets: Tensor, distance: str = "euclidean") -> float:
+    """The share of restored embeddings (N, D) whose nearest of all N target embeddings is their own row,
+    nearer than every other (ties are misses); `distance` "euclidean" or "cosine"."""
+    if restored.ndim != 2 or restored.shape != targets.shape:
+        raise ValueError(f"id_accuracy needs restored and target embeddings of one (N, D) shape, got "
+                         f"{tuple(restored.shape)} and {tuple(targets.shape)}")
+    distances = pairwise_distances(restored.double(), targets.double(), distance)  # row i: restored i to each target
+    own = distances.diagonal()
+    others = distances + torch.diag(torch.full_like(own, float("inf")))
+    return (own < others.min(dim=1).values).double().mean().item()
+
+
+def pairwise_distances(a: Tensor, b: Tensor, distance: str) -> Tensor:
+    if distance == "euclidean":
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")  # exact: a face to itself is 0
+    if distance == "cosine":
+        return 1 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    raise ValueError(f"unknown embedding distance {distance!r}: 'euclidean' or 'cosine'")
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

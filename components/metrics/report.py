@@ -7,6 +7,8 @@ degradation level for blind restoration, scale for super-resolution). Written as
 whole split) and an HTML page (`report.html`) that shows each task's image grid
 (`grid_<task>.png`: one column per baseline and method, then the target, each named in a
 header strip drawn into the picture, so a grid opened alone, from MLflow, still reads).
+`notes` (e.g. identity_net: the face recogniser behind identity and id_accuracy) head the
+Markdown and HTML pages and go into the details.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 ALL = "all"
 # Which way is better, for the reader of a table.
-LOWER_IS_BETTER = {"l1", "l1_hole", "lpips", "fid"}
+LOWER_IS_BETTER = {"l1", "l1_hole", "lpips", "fid"}  # identity, id_accuracy: higher is better
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Report:
     samples: int
     tasks: dict[str, TaskReport] = field(default_factory=dict)
     grids: dict[str, Any] = field(default_factory=dict)  # task -> uint8 H x W x 3
+    notes: dict[str, str] = field(default_factory=dict)  # what a reader needs to read the numbers
 
     def add_task(self, task: str, scores: dict, breakdown: str | None, groups: dict, models: list[str]) -> None:
         self.tasks[task] = TaskReport(scores, breakdown, groups, models)
@@ -54,6 +57,7 @@ class Report:
 
     def as_details(self) -> dict[str, Any]:
         return {"scores": {name: values for task in self.tasks.values() for name, values in task.scores.items()},
+                "notes": dict(self.notes),
                 "tasks": {task: {"models": t.models, "scores": t.scores, "breakdown": t.breakdown, "groups": t.groups}
                           for task, t in self.tasks.items()}}
 
@@ -65,6 +69,8 @@ class Report:
 
     def markdown(self) -> str:
         lines = [f"# Benchmark: {self.samples} '{self.split}' samples", ""]
+        if self.notes:
+            lines += [*(f"- {key}: {value}" for key, value in self.notes.items()), ""]
         for task, report in self.tasks.items():
             lines += [f"## {task}", "", *markdown_table(report.scores), ""]
             for group, scores in report.groups.items():
@@ -89,6 +95,7 @@ class Report:
     def html(self) -> str:
         parts = ["<html><head><meta charset='utf-8'><title>facerestore benchmark</title></head><body>",
                  f"<h1>Benchmark: {self.samples} '{html.escape(self.split)}' samples</h1>"]
+        parts += [f"<p>{html.escape(key)}: {html.escape(value)}</p>" for key, value in self.notes.items()]
         for task, report in self.tasks.items():
             parts += [f"<h2>{html.escape(task)}</h2>", html_table(report.scores)]
             if task in self.grids:

@@ -53,10 +53,11 @@ def restore_here(model_dir: str, inputs: Sequence[str], out: str, options: Resto
 
 
 def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options: RestoreOptions = RestoreOptions(),
-                       mask: str | None = None, device: str | None = None, actors: int | None = None) -> RestoreSummary:
+                       mask: str | None = None, device: str | None = None, actors: int | None = None,
+                       on_row: Callable[[ReportRow], None] = lambda row: None) -> RestoreSummary:
     """Restore on the Ray cluster this process is connected to (ray.init first); `model_dir`,
     the inputs, the mask and `out` must be reachable from every node (a store URI, or a path on
-    a shared file system, or one machine)."""
+    a shared file system, or one machine). `on_row` hears of each photo as its row arrives."""
     import ray
 
     restorer = load_restorer(model_dir, "cpu")  # checked here, so a bad model fails before any actor starts
@@ -78,6 +79,7 @@ def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options:
             num_gpus=1 if device.startswith("cuda") else 0, num_cpus=1)
         for record in done.iter_rows():
             rows.append(ReportRow(**{key: record[key] for key in REPORT_COLUMNS}))
+            on_row(rows[-1])
     ordered = _in_input_order(rows, photos)
     return RestoreSummary(ordered, folder.write_report(ordered))
 

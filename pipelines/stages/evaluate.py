@@ -5,6 +5,9 @@ the untouched degraded input ("input", holes filled with the known pixels' mean 
 inpainting against mean-fill, OpenCV Telea and Navier-Stokes, super-resolution against
 bicubic, the edge GAN by edge precision / recall / F1 inside the holes. Models whose task is
 not an image (a DRE, a GAN prior) are upstream material and are not scored here.
+Learned metrics (components/metrics/learned.py) score face images: LPIPS and FID with their
+weights given, identity and id_accuracy from ArcFace when `learned.identity_net` is given,
+else from dlib's face recognition ResNet (the report's `identity_net` note says which).
 Metric keys are `<model stage or baseline>/<metric>`. Writes metrics.json and one
 grid_<task>.png per task (input | each baseline | each model | target, a row per sample) and
 logs both to the stage's MLflow run.
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.metrics.learned import LearnedMetricsConfig
 from pipelines.context import StageContext, StageOutput
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: identity and id_accuracy from dlib's ResNet by default
 
 
 class Config(BaseModel):
@@ -29,7 +32,8 @@ class Config(BaseModel):
     batch_size: int = Field(32, gt=0)
     grid_rows: int = Field(8, ge=0, description="samples shown in each grid_<task>.png")
     learned: LearnedMetricsConfig = Field(default_factory=LearnedMetricsConfig,
-                                          description="weights of LPIPS / FID / identity; unset = unavailable")
+                                          description="weights of LPIPS / FID / ArcFace; unset = unavailable, but "
+                                                      "identity and id_accuracy use dlib's ResNet")
 
 
 def resources(cfg: Config) -> dict[str, float]:
@@ -57,6 +61,8 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     data, groups = read_split(shards, cfg.split, columns)
     report = Report(split=cfg.split, samples=len(data["hq"]))
     learned = LearnedMetrics(cfg.learned)
+    if learned.identity_network and any(task.scoring.learned_metrics for task in by_task):
+        report.notes["identity_net"] = learned.identity_network
     for task, methods in by_task.items():
         scoring = task.scoring
         per_image, outputs = score_task(task, methods, data, cfg.batch_size)

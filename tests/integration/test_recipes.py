@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.console import Console
 from pipelines.config import load_config
 from pipelines.dag import Selection
 from pipelines.runner import Runner
+from pipelines.store import Store
 from tests.integration.recipes import train_settings, write_tiny_recipe
 
 pytestmark = pytest.mark.integration
@@ -34,7 +36,11 @@ def test_face_sr_recipe_trains_ctcnet_and_scores_it_beside_bicubic_with_lpips_fr
     assert record["state"] == "finished"
     metrics = record["stages"]["evaluate"]["metrics"]
     assert {"bicubic/psnr", "train_ctcnet/psnr", "train_ctcnet/ssim", "train_ctcnet/lpips", "bicubic/lpips"} <= set(metrics)
-    assert not any(key.endswith(("/fid", "/identity")) for key in metrics)  # no weights given: unavailable
+    assert not any(key.endswith("/fid") for key in metrics)  # no weights given: unavailable
+    for name in ("bicubic", "train_ctcnet"):  # dlib's face recognition ResNet installs with the project
+        assert -1.0 <= metrics[f"{name}/identity"] <= 1.0 and 0.0 <= metrics[f"{name}/id_accuracy"] <= 1.0
+    evaluation = Path(Store(record["store"]).artifact("evaluate", record["stages"]["evaluate"]["fingerprint"]).uri)
+    assert "- identity_net: dlib_resnet_v1" in (evaluation / "report.md").read_text()
     assert record["stages"]["register"]["metrics"]["version"] == 1
 
 

@@ -60,7 +60,10 @@ def test_degradation_levels_split_at_scales_2_and_4():
 def test_learned_metrics_without_weights_are_unavailable_not_numbers():
     from components.metrics.learned import LearnedMetrics, LearnedMetricsConfig
 
-    learned = LearnedMetrics(LearnedMetricsConfig())
+    # dlib's identity network installs with the project (tests/unit/test_metrics_dlib_identity.py): turned off here.
+    learned = LearnedMetrics(LearnedMetricsConfig(dlib_identity=False))
     images = torch.rand(2, 3, 32, 32)
     assert learned.per_image(images, images) == {} and learned.per_set(images, images) == {}
-    assert learned.unavailable({"psnr": 30.0}) == {"psnr": 30.0, "lpips": None, "identity": None, "fid": None}
+    assert learned.identity_network is None
+    assert learned.unavailable({"psnr": 30.0}) == {"psnr": 30.0, "lpips": None, "identity": None, "fid": None,
+                                                   "id_accuracy": None}

@@ -239,3 +239,31 @@ def test_the_pyfunc_model_feeds_the_model_as_its_task_says(baseline_dir, inpaint
         _load_pyfunc(str(baseline_dir)).predict({"lr": lq})
     with pytest.raises(ValueError, match="'inpainting' model needs the holes"):
         _load_pyfunc(str(inpainting_dir)).predict({"lq": lq})
+
+
+def test_the_astronaut_photo_gets_its_face_found_restored_and_pasted_back_by_the_command(baseline_dir, tmp_path):
+    from skimage import data
+
+    astronaut = data.astronaut()
+    (tmp_path / "astronaut.jpg").write_bytes(cv2.imencode(".jpg", astronaut[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+    (tmp_path / "empty_wall.png").write_bytes(encode_png(np.full((300, 400, 3), 200, np.uint8)))
+    (tmp_path / "one_pixel.png").write_bytes(encode_png(photo(1, 1)))
+    result = CliRunner().invoke(app, ["restore", str(tmp_path / "astronaut.jpg"), str(tmp_path / "empty_wall.png"),
+                                      str(tmp_path / "one_pixel.png"), "--model", str(baseline_dir),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "restored 1 photo(s), 1 face(s)" in result.output and "2 with no face" in result.output
+    out = tmp_path / "out"
+    restored = decode_png((out / "restored_imgs" / "astronaut.png").read_bytes())
+    jpeg = cv2.imdecode(np.frombuffer((tmp_path / "astronaut.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    changed = np.any(restored != jpeg, axis=2)
+    rows, cols = np.nonzero(changed)
+    # only the face changed: the region MTCNN finds (box about x 180-268, y 61-172), and its margin
+    assert 120 < cols.min() and cols.max() < 330 and 0 <= rows.min() and rows.max() < 250
+    assert changed[100:140, 200:250].mean() > 0.9  # the eyes and nose: the model wrote them
+    assert decode_png((out / "restored_faces" / "astronaut_00.png").read_bytes()).shape == (32, 32, 3)
+    assert np.array_equal(decode_png((out / "restored_imgs" / "empty_wall.png").read_bytes()),
+                          np.full((300, 400, 3), 200, np.uint8))
+    statuses = {r["input"].rpartition("/")[2]: (r["status"], r["reason"]) for r in report_rows(out)}
+    assert statuses["empty_wall.png"] == ("no face", "no face found: written unchanged")
+    assert statuses["one_pixel.png"][0] == "no face"
