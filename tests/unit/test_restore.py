@@ -267,3 +267,20 @@ def test_the_astronaut_photo_gets_its_face_found_restored_and_pasted_back_by_the
     statuses = {r["input"].rpartition("/")[2]: (r["status"], r["reason"]) for r in report_rows(out)}
     assert statuses["empty_wall.png"] == ("no face", "no face found: written unchanged")
     assert statuses["one_pixel.png"][0] == "no face"
+
+
+def test_an_sr_model_enlarges_the_photo_by_lanczos_and_pastes_its_faces_from_the_model(sr_dir, tmp_path):
+    from skimage import data
+
+    small = cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    (tmp_path / "small.png").write_bytes(encode_png(small))
+    summary = restore_here(str(sr_dir), [str(tmp_path / "small.png")], str(tmp_path / "out"))
+    assert summary.rows[0].faces == 1
+    out = decode_png((tmp_path / "out" / "restored_imgs" / "small.png").read_bytes())
+    lanczos = cv2.resize(small, (1024, 1024), interpolation=cv2.INTER_LANCZOS4)
+    changed = np.any(out != lanczos, axis=2)
+    rows, cols = np.nonzero(changed)
+    # the face (about x 180-268, y 61-172 at 512 px: twice that here) and nothing else
+    assert 240 < cols.min() and cols.max() < 660 and rows.max() < 500
+    assert changed[220:260, 420:480].mean() > 0.9
+    assert decode_png((tmp_path / "out" / "cmp" / "small_00.png").read_bytes()).shape == (32, 64, 3)
