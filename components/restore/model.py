@@ -81,6 +81,8 @@ def load_restorer(model_dir: str | Path, device: str | None = None) -> Restorer:
 
     directory = str(model_dir)
     device = device or default_device()
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise RestoreError(f"--device {device}: use cpu or cuda (cuda:N for one GPU of several)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RestoreError(f"--device {device}: torch sees no CUDA GPU on this machine (use --device cpu)")
     try:

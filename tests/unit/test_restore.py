@@ -208,6 +208,8 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_the_option(bas
         pytest.skip("this machine has a GPU")
     with pytest.raises(RestoreError, match="--device cuda"):
         load_restorer(baseline_dir, "cuda")
+    with pytest.raises(RestoreError, match="--device gpu: use cpu or cuda"):
+        load_restorer(baseline_dir, "gpu")
     assert load_restorer(baseline_dir).device == "cpu"
 
 
