@@ -88,6 +88,7 @@ class _RestoreActor:
     """One loaded model and detector; restores the photos of each batch and writes their outputs."""
 
     def __init__(self, model_dir: str, out: str, options: RestoreOptions, mask: str | None, device: str):
+        _use_only_assigned_cpus()
         restorer = load_restorer(model_dir, device)
         self.photos = PhotoRestorer(restorer, options)
         self.folder = OutputFolder(out)
@@ -97,6 +98,18 @@ class _RestoreActor:
         todo = {str(source): Photo(str(source), str(name)) for source, name in zip(batch["source"], batch["name"], strict=True)}
         rows = [self.folder.write(todo[source], result) for source, result in self.photos.restore(list(todo), self.holes)]
         return {key: [getattr(row, key) for row in rows] for key in REPORT_COLUMNS}
+
+
+def _use_only_assigned_cpus() -> None:
+    """torch and OpenCV threads to the actor's CPUs: OpenCV would otherwise spread its warps and
+    PNG writing over every core of the node, and actors sharing a node would fight over them."""
+    import cv2
+    import ray
+    import torch
+
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(cpus)
+    cv2.setNumThreads(cpus)
 
 
 def _plan(inputs: Sequence[str], restorer: Restorer, mask: str | None) -> tuple[list[Photo], list[ReportRow]]:
