@@ -112,9 +112,9 @@ def test_pulled_champion_restores_bit_identically_to_the_trained_model_and_resto
 
     (tmp_path / "in.png").write_bytes(encode_png((torch.rand(48, 40, 3) * 255).byte().numpy()))
     restored = CliRunner().invoke(app, ["restore", str(tmp_path / "in.png"), "--model", "models:/facerestore-baseline@candidate",
-                                        "--out", str(tmp_path / "out"), "--tracking-uri", record["tracking_uri"]])
+                                        "--aligned", "--out", str(tmp_path / "out"), "--tracking-uri", record["tracking_uri"]])
     assert restored.exit_code == 0, restored.output
-    assert decode_png((tmp_path / "out" / "in.png").read_bytes()).shape == (48, 40, 3)
+    assert decode_png((tmp_path / "out" / "restored_imgs" / "in.png").read_bytes()).shape == (48, 40, 3)
 
 
 def test_second_run_of_the_same_config_runs_no_stage(first_run):
