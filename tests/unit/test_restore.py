@@ -203,14 +203,16 @@ def test_a_model_that_does_not_restore_photos_is_refused(tmp_path):
         load_restorer(tmp_path / "dre")
 
 
-def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_the_option(baseline_dir):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(RestoreError, match="--device cuda"):
-        load_restorer(baseline_dir, "cuda")
+def test_the_default_device_is_cuda_where_there_is_one_and_a_device_that_is_not_there_is_refused(baseline_dir):
     with pytest.raises(RestoreError, match="--device gpu: use cpu or cuda"):
         load_restorer(baseline_dir, "gpu")
-    assert load_restorer(baseline_dir).device == "cpu"
+    if torch.cuda.is_available():
+        assert load_restorer(baseline_dir).device == "cuda"
+    else:
+        with pytest.raises(RestoreError, match="--device cuda"):
+            load_restorer(baseline_dir, "cuda")
+        assert load_restorer(baseline_dir).device == "cpu"
+    assert load_restorer(baseline_dir, "cpu").device == "cpu"
 
 
 def test_faces_go_through_the_network_in_batches(baseline_dir, tmp_path):
