@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
@@ -31,9 +31,7 @@ from components import storage
 from components.data.schema import encode_png
 from components.restore.photos import PhotoResult
 
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 REPORT = "restore_report.csv"
-REPORT_COLUMNS = ("input", "status", "faces", "output", "reason")
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,9 @@ class ReportRow:
     faces: int = 0
     output: str = ""
     reason: str = ""
+
+
+REPORT_COLUMNS = tuple(f.name for f in fields(ReportRow))  # restore_report.csv's columns, in order
 
 
 def find_photos(inputs: Sequence[str]) -> tuple[list[Photo], list[ReportRow]]:
@@ -113,7 +114,7 @@ class OutputFolder:
         writer = csv.writer(text)
         writer.writerow(REPORT_COLUMNS)
         for row in rows:
-            writer.writerow([row.input, row.status, row.faces, row.output, row.reason])
+            writer.writerow([getattr(row, column) for column in REPORT_COLUMNS])
         uri = storage.join(self.root, REPORT)
         storage.write_bytes_atomic(uri, text.getvalue().encode())
         return uri

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from components.data.sources import ImageLimits, SkippedImage, read_photo
-from components.restore.alignment import crop_face, face_region, paste_face
+from components.restore.alignment import FaceRegion, crop_face, face_region, paste_face
 from components.restore.model import Restorer, RestoreError
 
 # The detector searches faces down to this side, so faces just under `min_face` are still
@@ -78,9 +78,16 @@ class _Pending:
     photo: np.ndarray
     holes: np.ndarray | None
     landmarks: list[np.ndarray]
+    regions: list[FaceRegion]       # each face's region at the model's input side
     crops: list[np.ndarray]
     crop_holes: list[np.ndarray]
     notes: list[str]
+
+
+def require_mask(restorer: Restorer, mask: object) -> None:
+    """RestoreError naming --mask when an inpainting model gets no holes."""
+    if restorer.task.needs_mask and mask is None:
+        raise RestoreError(f"'{restorer.method.name}' is an {restorer.task.name} model: give the holes with --mask")
 
 
 class PhotoRestorer:
@@ -100,9 +107,7 @@ class PhotoRestorer:
         restored is a failed result naming why, and the others go on. `mask`: {0, 1} holes for
         every photo (inpainting). Photos are held until their faces fill a batch, or their pixels
         reach GROUP_PIXELS, so big photos are not held many at a time."""
-        task = self.restorer.task
-        if task.needs_mask and mask is None:
-            raise RestoreError(f"'{self.restorer.method.name}' is an {task.name} model: give the holes with --mask")
+        require_mask(self.restorer, mask)
         held: list[_Pending | PhotoResult] = []
         for source in sources:
             try:
@@ -143,22 +148,23 @@ class PhotoRestorer:
         side = self.restorer.input_side
         if self.options.aligned:
             crop_holes = [_resize(holes, side, side, nearest=True)] if holes is not None else []
-            return _Pending(source, photo, holes, [], [_resize(photo, side, side)], crop_holes, [])
+            return _Pending(source, photo, holes, [], [], [_resize(photo, side, side)], crop_holes, [])
         landmarks, notes = self._find_faces(photo)
         regions = [face_region(points, side, photo.shape) for points in landmarks]
         crops = [crop_face(photo, region) for region in regions]
         crop_holes = [crop_face(holes, region, nearest=True) for region in regions] if holes is not None else []
-        return _Pending(source, photo, holes, landmarks, crops, crop_holes, notes)
+        return _Pending(source, photo, holes, landmarks, regions, crops, crop_holes, notes)
 
     def _find_faces(self, photo: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
         """The landmarks of each face to restore, and notes on the faces left alone."""
-        faces = self.detector.detect([photo])[0]
-        small = [f for f in faces if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) < self.options.min_face]
-        faces = [f for f in faces if f not in small]
+        found = self.detector.detect([photo])[0]
+        big_enough = [min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.options.min_face for f in found]
+        faces = [f for f, keep in zip(found, big_enough, strict=True) if keep]
+        small = len(found) - len(faces)
         if self.options.only_center_face and faces:
             centre = np.array(photo.shape[1::-1], dtype=np.float64) / 2
             faces = [min(faces, key=lambda f: float(np.linalg.norm(np.asarray(f.box).reshape(2, 2).mean(0) - centre)))]
-        notes = [f"{len(small)} face(s) under --min-face {self.options.min_face} px left as they are"] if small else []
+        notes = [f"{small} face(s) under --min-face {self.options.min_face} px left as they are"] if small else []
         return [f.landmarks for f in faces], notes
 
     def _finish(self, item: _Pending, faces: list[Face]) -> PhotoResult:
@@ -172,10 +178,11 @@ class PhotoRestorer:
         out = self._enlarged(item.photo)
         if item.holes is not None:  # holes no face covers: the classical fill; faces go on top
             out = cv2.inpaint(item.photo, item.holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-        for points, face in zip(item.landmarks, faces, strict=True):
-            region = face_region(points, restorer.resolution, out.shape, scale=restorer.sr_factor)
-            where = crop_face(item.holes, region, nearest=True) if item.holes is not None else None
-            paste_face(out, face.restored, region, where)
+        for k, face in enumerate(faces):
+            # an SR model's faces land in the enlarged photo at its output side; others where they were cut
+            region = item.regions[k] if restorer.sr_factor == 1 else \
+                face_region(item.landmarks[k], restorer.resolution, out.shape, scale=restorer.sr_factor)
+            paste_face(out, face.restored, region, item.crop_holes[k] if item.holes is not None else None)
         if item.holes is not None:  # every known pixel exactly as given
             out = np.where(item.holes[..., None].astype(bool), out, item.photo)
         reason = "; ".join(item.notes)

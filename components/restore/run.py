@@ -18,7 +18,7 @@ import numpy as np
 
 from components.restore.model import Restorer, RestoreError, load_restorer
 from components.restore.outputs import REPORT_COLUMNS, OutputFolder, Photo, ReportRow, find_photos
-from components.restore.photos import PhotoRestorer, RestoreOptions
+from components.restore.photos import PhotoRestorer, RestoreOptions, require_mask
 
 PHOTOS_PER_TASK = 8  # photos an actor gets at a time, at most: enough to batch faces, fewer when few photos
 
@@ -49,7 +49,8 @@ def restore_here(model_dir: str, inputs: Sequence[str], out: str, options: Resto
         row = folder.write(by_source[source], result)
         rows.append(row)
         on_row(row)
-    return RestoreSummary(_in_input_order(rows, photos), folder.write_report(_in_input_order(rows, photos)))
+    ordered = _in_input_order(rows, photos)
+    return RestoreSummary(ordered, folder.write_report(ordered))
 
 
 def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options: RestoreOptions = RestoreOptions(),
@@ -113,8 +114,7 @@ def _use_only_assigned_cpus() -> None:
 
 
 def _plan(inputs: Sequence[str], restorer: Restorer, mask: str | None) -> tuple[list[Photo], list[ReportRow]]:
-    if restorer.task.needs_mask and mask is None:
-        raise RestoreError(f"'{restorer.method.name}' is an {restorer.task.name} model: give the holes with --mask")
+    require_mask(restorer, mask)  # before any actor starts
     return find_photos(inputs)
 
 
