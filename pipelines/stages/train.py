@@ -122,9 +122,9 @@ def run(ctx: StageContext, cfg: Config, inputs: dict) -> StageOutput:
     method = method_class(cfg.method)
     shards = one_of_kind(inputs, "shards", ctx.stage)
     upstream = {a.stage: a.uri for a in inputs.values() if a.kind == "model" and a.stage != cfg.init_from}
-    if cfg.steps == 0:
-        return export_untrained(ctx, cfg, shards, upstream)
     init_uri = prepare_init(ctx, cfg, inputs, upstream) if cfg.init_from else None
+    if cfg.steps == 0:
+        return export_untrained(ctx, cfg, shards, upstream, init_uri)
     columns = training_columns(method, method.Config.model_validate(cfg.method_config))
     datasets = {"train": shard_dataset(shard_uris(shards), "train", columns)}
     if getattr(method, "unpaired", ()):
@@ -232,17 +232,31 @@ def prepare_init(ctx: StageContext, cfg: Config, inputs: dict, upstream: dict[st
     return target
 
 
-def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict[str, str]) -> StageOutput:
-    """steps: 0 - the method as its config builds it (e.g. a prior importing public FFHQ weights), no Ray Train."""
+def export_untrained(ctx: StageContext, cfg: Config, shards: Any, upstream: dict[str, str],
+                     init_uri: str | None = None) -> StageOutput:
+    """steps: 0 - no Ray Train: the method as its config builds it (e.g. a prior importing public
+    FFHQ weights), or with `init_from` the source model's weights as they are (a registered model
+    brought into this pipeline, to be evaluated beside new ones)."""
     from components.models import build_method
+    from components.training.finetune import read_source
 
     method = build_method(cfg.method, cfg.method_config, upstream)
-    data = save_trained(ctx, method, shards)
+    training = live = None
+    if init_uri is not None:
+        source = read_source(init_uri)  # prepare_init checked that it fits
+        for name in method.networks():
+            method.unwrapped(name).load_state_dict(source.exported[name], strict=True)
+        training = {"steps": 0, "step": 0, "select": "last", "ema_decay": None, "val": {},
+                    "init_from": cfg.init_from_resolved or cfg.init_from}
+        live = {f"{net}.{key}": value for net, state in source.live.items() for key, value in state.items()}
+    data = save_trained(ctx, method, shards, training, live)
     publish_samples(ctx, method)
-    ctx.progress.update(done=0, total=0, unit="steps", message="exported as built (steps: 0)")
+    message = f"{cfg.init_from} as it is (steps: 0)" if init_uri else "exported as built (steps: 0)"
+    ctx.progress.update(done=0, total=0, unit="steps", message=message)
     return StageOutput(artifact="model", count=0, step=0, metrics={"step": 0},
                        details={"method": cfg.method, "task": method.task, "data": data,
-                                "parameters": count_parameters(method), "trained": False})
+                                "parameters": count_parameters(method), "trained": False,
+                                **({"training": training} if training else {})})
 
 
 def save_trained(ctx: StageContext, method: Method, shards: Any, training: dict[str, Any] | None = None,

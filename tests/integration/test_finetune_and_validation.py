@@ -112,6 +112,20 @@ def test_a_fine_tune_from_the_champion_starts_at_its_weights_discriminator_inclu
     assert entries["train"].state is State.CACHED
 
 
+def test_steps_0_with_init_from_exports_the_source_model_unchanged_without_training(trained):
+    config, _, store, source = trained
+    imported = inpainting_config(Path(config).parent, init_from="train", steps=0, needs=["synthesize", "train"])
+    record = run(imported)
+    model = store.artifact("finetune", record["stages"]["finetune"]["fingerprint"])
+    assert "ray_train_run" not in model.manifest["details"]
+    (source_state, _), (state, config_json) = read_model_dir(source.uri), read_model_dir(model.uri)
+    assert source_state.keys() == state.keys()
+    for key, value in source_state.items():
+        torch.testing.assert_close(state[key], value, atol=0, rtol=0)
+    assert read_training_weights(model.uri).keys() == read_training_weights(source.uri).keys()
+    assert config_json["training"]["init_from"] == "train" and config_json["training"]["steps"] == 0
+
+
 @pytest.mark.parametrize("source, named", [
     (f"models:/{MODEL}@nope", f"'{MODEL}' has versions 1"),
     ("models:/facerestore-nothing@champion", f"no registered model 'facerestore-nothing' (registered: {MODEL})"),
