@@ -274,6 +274,9 @@ def test_blind_real_preset_is_panini_nets_setting():
     prior = cfg.stages["train_prior"].config.method_config
     assert resolution == 1024 and prior.get("resolution", 1024) == 1024 and resolution // factor == 64
     assert (cfg.stages["train_panini"].config.batch_size, cfg.stages["train_panini_sr"].config.batch_size) == (1, 2)
+    # the perceptual term of both configs is on: it needs the VGG19 weights file
+    for stage in ("train_panini", "train_panini_sr"):
+        assert cfg.stages[stage].config.method_config["vgg_weights"].startswith(WEIGHTS_ROOT), stage
 
 
 def test_a_config_f_checkpoint_refuses_a_512_px_prior_naming_the_keys(builds):
