@@ -364,20 +364,80 @@ def _tracking_uri(tracking_uri: str | None, store: str) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Store(store).default_tracking_uri()
 
 
+FORMATS = ("onnx",)
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", help="also write the model as model.onnx (onnx, the one format for now), checked against PyTorch")]
+
+
 @app.command()
 def pull(reference: Annotated[str, typer.Argument(help="NAME (its champion), NAME@alias or NAME/version")],
          out: Annotated[Path, typer.Option("--out", help="folder to write the model into")],
-         tracking_uri: TrackingOpt = None, store: StoreOpt = ".facerestore") -> None:
-    """Write a registered model as model.safetensors + config.json + MODEL_CARD.md (no pickle needed)."""
-    from components.tracking.pull import pull as pull_model
+         format_: FormatOpt = None, tracking_uri: TrackingOpt = None, store: StoreOpt = ".facerestore") -> None:
+    """Write a registered model as model.safetensors + config.json + MODEL_CARD.md (no pickle needed);
+    with --format onnx also model.onnx: the registered version's, else exported here and checked."""
+    from components.export.onnx import ExportError
 
+    _check_format(format_)
     uri = _tracking_uri(tracking_uri, store)
     try:
-        pulled = pull_model(reference, out, uri)
-    except (LookupError, ValueError, FileNotFoundError) as err:
+        pulled, onnx = _pull_model(reference, out, uri, format_)
+    except (LookupError, ValueError, FileNotFoundError, ExportError) as err:
         console().print(f"[bold red]cannot pull:[/] {err}")
         raise typer.Exit(2) from None
-    console().print(f"{pulled.name} version {pulled.version} ({', '.join(pulled.aliases) or 'no alias'}) -> {out}")
+    console().print(f"{pulled.name} version {pulled.version} ({', '.join(pulled.aliases) or 'no alias'}) -> {out}",
+                    highlight=False, soft_wrap=True)
+    if onnx is not None:
+        _print_onnx(*onnx)
+
+
+def _check_format(format_: str | None) -> None:
+    if format_ is not None and format_ not in FORMATS:
+        console().print(f"[bold red]--format {format_}:[/] the formats are {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+
+
+def _pull_model(reference: str, out: Path, tracking_uri: str, format_: str | None):
+    """(the pulled model, None or (its model.onnx entry, size, where it came from)): with format onnx,
+    the model.onnx the registered version carries, else one exported here (ExportError if it cannot be)."""
+    from components.export.onnx import export_onnx
+    from components.models.files import ONNX, read_model_config
+    from components.tracking.pull import pull as pull_model
+
+    pulled = pull_model(reference, out, tracking_uri)
+    if format_ is None:
+        return pulled, None
+    onnx_file = Path(out) / ONNX
+    if onnx_file.exists():
+        return pulled, (read_model_config(str(out))[1].get("onnx") or {}, onnx_file.stat().st_size, "carried by the version")
+    exported = export_onnx(out)
+    return pulled, (exported.entry, exported.file_bytes, "exported here")
+
+
+def _print_onnx(entry: dict, size: int, source: str) -> None:
+    checked = (f"max |ONNX Runtime - PyTorch| {entry['max_abs_diff']:.2g} on batches of "
+               f"{' and '.join(map(str, entry['checked_batch_sizes']))}") if entry else "no check recorded"
+    inputs = ", ".join(entry.get("inputs", [])) or "?"
+    console().print(f"model.onnx ({source}): opset {entry.get('opset', '?')}, {inputs} -> {entry.get('output', '?')}, "
+                    f"{checked}, {size / 1e6:.2f} MB", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(model_dir: Annotated[str, typer.Argument(help="a model folder (model.safetensors + config.json), local or "
+                                                    "a store URI")],
+           format_: Annotated[str, typer.Option("--format", help="onnx: model.onnx, the one format for now")] = "onnx",
+           ) -> None:
+    """Write the model in another format beside its weights: model.onnx, written only when ONNX
+    Runtime gives PyTorch's outputs (within 1e-3) on seeded batches of 2 and 1; recorded in config.json."""
+    from components.export.onnx import ExportError, export_onnx
+
+    _check_format(format_)
+    try:
+        exported = export_onnx(model_dir)
+    except ExportError as err:
+        console().print(f"[bold red]cannot export:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console().print(f"{exported.method} in {model_dir}:", highlight=False, soft_wrap=True)
+    _print_onnx(exported.entry, exported.file_bytes, "written")
 
 
 @app.command()
@@ -393,6 +453,8 @@ def restore(inputs: Annotated[list[str], typer.Argument(help="photos and folders
             batch_size: Annotated[int, typer.Option("--batch-size", help="faces per network pass")] = 8,
             device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when there is "
                                                           "one; bf16 on a GPU)")] = None,
+            backend: Annotated[str, typer.Option("--backend", help="what runs the network: torch, or onnxruntime "
+                                                 "(the model's model.onnx: `facerestore export`)")] = "torch",
             max_output_pixels: Annotated[int, typer.Option("--max-output-pixels", help="an SR model refuses a larger "
                                                            "output")] = 100_000_000,
             detector_weights: Annotated[Optional[str], typer.Option("--detector-weights", help="folder with MTCNN's "
@@ -408,7 +470,6 @@ def restore(inputs: Annotated[list[str], typer.Argument(help="photos and folders
 
     from components import storage
     from components.restore import RestoreError, RestoreOptions, restore_here, restore_on_cluster
-    from components.tracking.pull import pull as pull_model
 
     options = RestoreOptions(aligned=aligned, only_center_face=only_center_face, min_face=min_face,
                              batch_size=batch_size, max_output_pixels=max_output_pixels, detector_weights=detector_weights)
@@ -418,14 +479,15 @@ def restore(inputs: Annotated[list[str], typer.Argument(help="photos and folders
         try:
             model_dir = model
             if model.startswith("models:/"):
-                model_dir = str(pull_model(model, Path(tmp), _tracking_uri(tracking_uri, store)).directory)
+                onnx = "onnx" if backend == "onnxruntime" else None  # the version's model.onnx, else exported here
+                model_dir = str(_pull_model(model, Path(tmp), _tracking_uri(tracking_uri, store), onnx)[0].directory)
             if mask is not None and not storage.exists(mask):
                 raise RestoreError(f"mask {mask} does not exist")
             if on_cluster:
                 _connect_for_restore(address)
-                summary = restore_on_cluster(model_dir, inputs, out, options, mask, device, actors)
+                summary = restore_on_cluster(model_dir, inputs, out, options, mask, device, actors, backend=backend)
             else:
-                summary = restore_here(model_dir, inputs, out, options, mask, device, on_row=_print_row)
+                summary = restore_here(model_dir, inputs, out, options, mask, device, backend=backend, on_row=_print_row)
         except (RestoreError, LookupError, ValueError, FileNotFoundError, RuntimeError) as err:
             console().print(f"[bold red]cannot restore:[/] {err}")
             raise typer.Exit(2) from None
@@ -482,6 +544,46 @@ def data_inspect(
         raise typer.Exit(2) from None
     for renderable in render_report(report):
         console().print(renderable)
+
+
+@app.command()
+def score(pred_dir: Annotated[str, typer.Argument(help="folder of restored images (local or s3://...)")],
+          target_dir: Annotated[str, typer.Argument(help="folder of their targets, matched by file name "
+                                                    "without its extension (a.png matches a.jpg)")],
+          protocol: Annotated[str, typer.Option("--protocol", help="project, ctcnet, edgeconnect or panini "
+                                                "(docs/methods.md, \"Scoring protocols\")")],
+          mask_dir: Annotated[Optional[str], typer.Option("--mask-dir", help="holes (white = missing) named as the "
+                                                          "targets: the project protocol's in-hole metrics")] = None,
+          as_json: Annotated[bool, typer.Option("--json", help="print the figures and problems as JSON")] = False,
+          ) -> None:
+    """Score two folders of images under a paper's protocol or the project's: the mean and each
+    image's values. Unmatched names, size mismatches and unreadable files are listed, never
+    scored; exit 1 when nothing could be scored."""
+    import json
+
+    from components.metrics.folders import score_folders
+    from pipelines.display import folder_scores_table
+
+    try:
+        result = score_folders(pred_dir, target_dir, protocol, mask_dir)
+    except (FileNotFoundError, ValueError) as err:
+        console().print(f"[bold red]cannot score:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        out = console()
+        for note in result.notes:
+            out.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        if result.images:
+            out.print(folder_scores_table(result))
+        for problem in result.problems:
+            out.print(f"[red]not scored {problem.name}:[/] {problem.reason}", highlight=False, soft_wrap=True)
+        out.print(f"scored {len(result.images)} image pair(s) of {pred_dir} against {target_dir} under the "
+                  f"{result.protocol} protocol" + (f"; {len(result.problems)} not scored" if result.problems else ""),
+                  highlight=False, soft_wrap=True)
+    if not result.images:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -210,23 +210,52 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
 
 
 def report_tables(evaluation: dict[str, Any]) -> list[Table]:
-    """The benchmark report of an evaluate stage's manifest details: a table per task, then its breakdown."""
-    from components.metrics.report import best_of, format_cell, metric_names
+    """The benchmark report of an evaluate stage's manifest details: a table per task and
+    protocol, each followed by its breakdown; every title names the protocol."""
+    from components.metrics.report import PROJECT, group_title, table_title
 
     tables = []
-    for task, report in evaluation.get("tasks", {}).items():
-        sections = [(task, report["scores"])]
-        sections += [(f"{task} - {report['breakdown']} {group}", scores) for group, scores in report["groups"].items()]
-        for title, scores in sections:
-            metrics = metric_names(scores)
-            table = Table(title=title, title_justify="left")
-            table.add_column("method")
-            for metric in metrics:
-                table.add_column(metric, justify="right")
-            best = {metric: best_of(scores, metric) for metric in metrics}
-            for name, values in scores.items():
-                cells = [format_cell(values.get(m), False) for m in metrics]
-                cells = [f"[bold green]{c}[/]" if best[m] == name else c for c, m in zip(cells, metrics)]
-                table.add_row(name, *cells)
-            tables.append(table)
+    for task, protocols in evaluation.get("tasks", {}).items():
+        if "scores" in protocols:  # an evaluation written before protocols (CODE_VERSION 3): the project's
+            protocols = {PROJECT: protocols}
+        # the manifest's JSON sorts keys: the project protocol first again, then the papers'
+        for protocol, report in sorted(protocols.items(), key=lambda item: item[0] != PROJECT):
+            sections = [(table_title(task, protocol), report["scores"])]
+            sections += [(f"{task} - {group_title(group, report['breakdown'], protocol)}", scores)
+                         for group, scores in report["groups"].items()]
+            tables += [scores_table(title, scores) for title, scores in sections]
     return tables
+
+
+def scores_table(title: str, scores: dict[str, dict[str, float | None]], rows: str = "method",
+                 best_in_green: bool = True) -> Table:
+    """A row per name (`rows`: methods and baselines, or images), a column per metric; the best of
+    each metric in green."""
+    from components.metrics.report import best_of, format_cell, metric_names
+
+    metrics = metric_names(scores)
+    table = Table(title=title, title_justify="left", min_width=len(title))  # the title on one line
+    table.add_column(rows)
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    best = {metric: best_of(scores, metric) if best_in_green else None for metric in metrics}
+    for name, values in scores.items():
+        cells = [format_cell(values.get(m), False) for m in metrics]
+        cells = [f"[bold green]{c}[/]" if best[m] == name else c for c, m in zip(cells, metrics)]
+        table.add_row(name, *cells)
+    return table
+
+
+def folder_scores_table(result: Any) -> Table:
+    """`facerestore score`'s figures (a FolderScores): a row per image pair, then their mean; a
+    value not scored (NaN) reads "unavailable"."""
+    import math
+
+    from components.metrics.report import format_cell
+
+    rows = {image.stem: {metric: None if math.isnan(value) else value for metric, value in image.values.items()}
+            for image in result.images}
+    table = scores_table(f"{result.protocol} protocol", rows, rows="image", best_in_green=False)
+    table.add_section()
+    table.add_row("[bold]mean[/]", *(f"[bold]{format_cell(value, False)}[/]" for value in result.means().values()))
+    return table

@@ -1,16 +1,22 @@
-"""The versioned shard schema, and the PNG coding of its image columns.
+"""The versioned shard schema, the PNG coding of its image columns, and the 8-bit rounding of images.
 
 One row per sample. Images are PNG bytes (lossless, so `hq` is exactly the target and
 `lq` exactly what the degradation produced); `mask` is an 8-bit grayscale PNG holding
 0 (known) or 255 (missing), so it can be looked at with any viewer. Bump SCHEMA_VERSION
-on any change a reader must know about; manifests record it.
+on any change a reader must know about; manifests record it. `to_uint8` is the one rule by
+which a float image in [0, 1] becomes the 8-bit image a user would save.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SCHEMA_VERSION = 2  # 2: mask_kind, mask_bucket, landmarks, lr, sr_factor
 LANDMARK_VALUES = 10  # 5 points (x, y): left eye, right eye, nose tip, left / right mouth corner
@@ -58,6 +64,13 @@ SHARD_SCHEMA = pa.schema(
 IMAGE_CHANNELS = {"hq": 3, "lq": 3, "lr": 3, "mask": 1, "edge": 1}
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """The uint8 levels of float images in [0, 1], any layout: clamped, times 255, rounded to the
+    nearest level. What a model's output is once saved as PNG, so the report's grids, the paper
+    protocols (components/metrics/protocols.py) and saved outputs all see the same 8-bit image."""
+    return (images.detach().float().clamp(0, 1) * 255).round().byte()
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of an RGB uint8 H x W x 3 image or a grayscale uint8 H x W image."""
     if array.dtype != np.uint8:
@@ -97,4 +110,12 @@ def decode_mask(data: bytes) -> np.ndarray:
     image = decode_png(data)
     if image.ndim != 2:
         raise ValueError(f"mask PNG must be grayscale, got shape {image.shape}")
-    return (image > 127).astype(np.uint8)
+    return holes_of_mask_image(image)
+
+
+def holes_of_mask_image(image: np.ndarray) -> np.ndarray:
+    """The {0, 1} uint8 H x W holes (1 = missing) of a mask picture, uint8 H x W or H x W x 3: a
+    pixel is a hole where its grey value is above 127 (white), the convention of the shards'
+    masks and of LaMa's and OpenCV's inpainting masks."""
+    grey = image.mean(axis=2) if image.ndim == 3 else image
+    return (grey > 127).astype(np.uint8)

@@ -1,14 +1,17 @@
-"""The benchmark report: every method and classical baseline on one held-out split, one table per task.
+"""The benchmark report: every method and classical baseline on one held-out split, one table per
+task and scoring protocol.
 
-Rows are the baselines then the trained methods; columns the task's metrics. Under each
-table, the same scores split by the task's breakdown (mask-ratio bucket for inpainting,
-degradation level for blind restoration, scale for super-resolution). Written as Markdown
-(`report.md`), CSV (`report.csv`, one row per task x group x method x metric, "all" for the
-whole split) and an HTML page (`report.html`) that shows each task's image grid
+Rows are the baselines then the trained methods; columns the metrics. A task has a table per
+protocol it is scored under (components/metrics/protocols.py: `project`, then its papers'), and
+every title names the protocol. Under the project protocol's table, the same scores split by the
+task's breakdown (mask-ratio bucket for inpainting, degradation level for blind restoration,
+scale for super-resolution); a paper protocol's table has no breakdown. Written as Markdown
+(`report.md`), CSV (`report.csv`, one row per task x protocol x group x method x metric, "all"
+for the whole split) and an HTML page (`report.html`) that shows each task's image grid
 (`grid_<task>.png`: one column per baseline and method, then the target, each named in a
 header strip drawn into the picture, so a grid opened alone, from MLflow, still reads).
-`notes` (e.g. identity_net: the face recogniser behind identity and id_accuracy) head the
-Markdown and HTML pages and go into the details.
+`notes` (e.g. identity_net: the face recogniser behind identity and id_accuracy; what each
+protocol computes) head the Markdown and HTML pages and go into the details.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from components.data.schema import encode_png
+from components.data.schema import encode_png, to_uint8
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
 ALL = "all"
+PROJECT = "project"  # the protocol whose metric keys carry no protocol (components/metrics/protocols.py)
 # Which way is better, for the reader of a table.
-LOWER_IS_BETTER = {"l1", "l1_hole", "lpips", "fid"}  # identity, id_accuracy: higher is better
+LOWER_IS_BETTER = {"l1", "l1_hole", "lpips", "fid", "mae"}  # identity, id_accuracy: higher is better
 
 
 @dataclass
@@ -43,23 +47,32 @@ class TaskReport:
 class Report:
     split: str
     samples: int
-    tasks: dict[str, TaskReport] = field(default_factory=dict)
+    tasks: dict[str, dict[str, TaskReport]] = field(default_factory=dict)  # task -> protocol -> table
     grids: dict[str, Any] = field(default_factory=dict)  # task -> uint8 H x W x 3
     notes: dict[str, str] = field(default_factory=dict)  # what a reader needs to read the numbers
 
-    def add_task(self, task: str, scores: dict, breakdown: str | None, groups: dict, models: list[str]) -> None:
-        self.tasks[task] = TaskReport(scores, breakdown, groups, models)
+    def add_task(self, task: str, scores: dict, breakdown: str | None, groups: dict, models: list[str],
+                 protocol: str = PROJECT) -> None:
+        self.tasks.setdefault(task, {})[protocol] = TaskReport(scores, breakdown, groups, models)
+
+    def tables(self) -> list[tuple[str, str, TaskReport]]:
+        """(task, protocol, table) in report order: by task, the project protocol's first."""
+        return [(task, protocol, table) for task, protocols in self.tasks.items()
+                for protocol, table in protocols.items()]
 
     def flat_metrics(self) -> dict[str, float]:
-        """`<name>/<metric>` over the whole split: what MLflow logs and the register stage compares."""
-        return {f"{name}/{metric}": value for task in self.tasks.values()
-                for name, values in task.scores.items() for metric, value in values.items() if value is not None}
+        """`<name>/<metric>` (project protocol) and `<name>/<protocol>/<metric>` over the whole
+        split: what MLflow logs and the register stage compares."""
+        return {metric_key(name, protocol, metric): value for _, protocol, table in self.tables()
+                for name, values in table.scores.items() for metric, value in values.items() if value is not None}
 
     def as_details(self) -> dict[str, Any]:
-        return {"scores": {name: values for task in self.tasks.values() for name, values in task.scores.items()},
+        return {"scores": {name: values for _, protocol, table in self.tables() if protocol == PROJECT
+                           for name, values in table.scores.items()},
                 "notes": dict(self.notes),
-                "tasks": {task: {"models": t.models, "scores": t.scores, "breakdown": t.breakdown, "groups": t.groups}
-                          for task, t in self.tasks.items()}}
+                "tasks": {task: {protocol: {"models": t.models, "scores": t.scores, "breakdown": t.breakdown,
+                                            "groups": t.groups} for protocol, t in protocols.items()}
+                          for task, protocols in self.tasks.items()}}
 
     def files(self) -> dict[str, bytes]:
         files = {"report.md": self.markdown().encode(), "report.csv": self.csv().encode(),
@@ -71,40 +84,56 @@ class Report:
         lines = [f"# Benchmark: {self.samples} '{self.split}' samples", ""]
         if self.notes:
             lines += [*(f"- {key}: {value}" for key, value in self.notes.items()), ""]
-        for task, report in self.tasks.items():
-            lines += [f"## {task}", "", *markdown_table(report.scores), ""]
+        for task, protocol, report in self.tables():
+            lines += [f"## {table_title(task, protocol)}", "", *markdown_table(report.scores), ""]
             for group, scores in report.groups.items():
-                count = "" if not report.breakdown else f" ({report.breakdown})"
-                lines += [f"### {group}{count}", "", *markdown_table(scores), ""]
+                lines += [f"### {group_title(group, report.breakdown, protocol)}", "", *markdown_table(scores), ""]
         return "\n".join(lines)
 
     def csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["task", "breakdown", "group", "name", "metric", "value"])
-        for task, report in self.tasks.items():
+        writer.writerow(["task", "protocol", "breakdown", "group", "name", "metric", "value"])
+        for task, protocol, report in self.tables():
             for name, values in report.scores.items():
                 for metric, value in values.items():
-                    writer.writerow([task, "", ALL, name, metric, "unavailable" if value is None else f"{value:.6g}"])
+                    writer.writerow([task, protocol, "", ALL, name, metric,
+                                     "unavailable" if value is None else f"{value:.6g}"])
             for group, scores in report.groups.items():
                 for name, values in scores.items():
                     for metric, value in values.items():
-                        writer.writerow([task, report.breakdown or "", group, name, metric, f"{value:.6g}"])
+                        writer.writerow([task, protocol, report.breakdown or "", group, name, metric, f"{value:.6g}"])
         return out.getvalue()
 
     def html(self) -> str:
         parts = ["<html><head><meta charset='utf-8'><title>facerestore benchmark</title></head><body>",
                  f"<h1>Benchmark: {self.samples} '{html.escape(self.split)}' samples</h1>"]
         parts += [f"<p>{html.escape(key)}: {html.escape(value)}</p>" for key, value in self.notes.items()]
-        for task, report in self.tasks.items():
-            parts += [f"<h2>{html.escape(task)}</h2>", html_table(report.scores)]
-            if task in self.grids:
-                names = " | ".join([*report.scores, "target"])
-                parts.append(f"<p>{html.escape(names)}</p><img src='grid_{html.escape(task)}.png'>")
-            for group, scores in report.groups.items():
-                parts += [f"<h3>{html.escape(group)}</h3>", html_table(scores)]
+        for task, protocols in self.tasks.items():
+            for index, (protocol, report) in enumerate(protocols.items()):
+                parts += [f"<h2>{html.escape(table_title(task, protocol))}</h2>", html_table(report.scores)]
+                if index == 0 and task in self.grids:  # the grid once, under the task's first table
+                    names = " | ".join([*report.scores, "target"])
+                    parts.append(f"<p>{html.escape(names)}</p><img src='grid_{html.escape(task)}.png'>")
+                for group, scores in report.groups.items():
+                    parts += [f"<h3>{html.escape(group_title(group, report.breakdown, protocol))}</h3>",
+                              html_table(scores)]
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+def metric_key(name: str, protocol: str, metric: str) -> str:
+    """The MLflow / metrics.json key of a method's or baseline's mean: the project protocol's keep
+    their `<name>/<metric>` form (what register and earlier runs use), a paper's add its name."""
+    return f"{name}/{metric}" if protocol == PROJECT else f"{name}/{protocol}/{metric}"
+
+
+def table_title(task: str, protocol: str) -> str:
+    return f"{task} (protocol: {protocol})"
+
+
+def group_title(group: str, breakdown: str | None, protocol: str) -> str:
+    return f"{group} ({breakdown}; protocol: {protocol})" if breakdown else f"{group} (protocol: {protocol})"
 
 
 def image_grid(columns: Sequence[Tensor], labels: Sequence[str] | None = None) -> np.ndarray:
@@ -117,7 +146,7 @@ def image_grid(columns: Sequence[Tensor], labels: Sequence[str] | None = None) -
 
     columns = [column.expand(-1, 3, -1, -1) if column.shape[1] == 1 else column for column in columns]
     image = torch.cat([torch.cat(list(column), dim=1) for column in columns], dim=2)  # C x rows*h x cols*w
-    grid = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    grid = to_uint8(image.permute(1, 2, 0)).numpy()
     if labels is None:
         return grid
     if len(labels) != len(columns):

@@ -79,6 +79,9 @@ class Method(ABC):
     averaged: ClassVar[tuple[str, ...]] = ("g",)
     # Columns `validation_scores` reads, for a method that scores itself (empty: its task's scoring).
     validation_columns: ClassVar[tuple[str, ...]] = ()
+    # The scoring protocol its paper reports by (components/metrics/protocols.py), where it is not
+    # its task's `paper_protocol` (None: the task's). Panini's x16 SR is scored as Panini, not CTCNet.
+    paper_protocol: ClassVar[str | None] = None
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, cfg: MethodConfig, upstream: Upstream | None = None) -> None:

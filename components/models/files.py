@@ -4,6 +4,10 @@ A trained model also has `training.safetensors`: the live (not averaged) weights
 whose moving average `model.safetensors` holds. With the discriminators, which
 `model.safetensors` always holds, that is what fine-tuning needs to go on training
 (components/training/finetune.py); inference never reads it.
+
+An exported model also has `model.onnx` (components/export/onnx.py, recorded under config.json's
+`onnx`): the restoring path as an ONNX graph, checked against PyTorch; a registered model carries
+it where it has one. It is not part of what fine-tuning copies or pins: it is derived from the weights.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from components import storage
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINING_WEIGHTS = "training.safetensors"
-MODEL_FILES = (WEIGHTS, CONFIG, TRAINING_WEIGHTS)  # what a registered model carries, when present
+ONNX = "model.onnx"
+MODEL_FILES = (WEIGHTS, CONFIG, TRAINING_WEIGHTS)  # the model itself: what fine-tuning copies and pins
+REGISTERED_FILES = (*MODEL_FILES, ONNX)  # what a registered model carries, when present
+OPTIONAL_FILES = (TRAINING_WEIGHTS, ONNX)  # copied where a model has them; the others always
 
 
 def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any],
@@ -30,11 +37,20 @@ def save_model_dir(uri: str, state: dict[str, Any], config: dict[str, Any],
     storage.write_json_atomic(storage.join(uri, CONFIG), config)
 
 
-def files_to_copy(uri: str) -> tuple[str, ...]:
-    """The names of a model directory's files that a copy of it carries: the weights and config
-    always (a copy of a directory without them fails on reading them), the training weights
-    where the model has them."""
-    return tuple(name for name in MODEL_FILES if name != TRAINING_WEIGHTS or storage.exists(storage.join(uri, name)))
+def files_to_copy(uri: str, names: tuple[str, ...] = MODEL_FILES) -> tuple[str, ...]:
+    """The names of a model directory's files, of `names`, that a copy of it carries: the weights
+    and config always (a copy of a directory without them fails on reading them), the optional
+    files (training weights, model.onnx) where the model has them."""
+    return tuple(name for name in names if name not in OPTIONAL_FILES or storage.exists(storage.join(uri, name)))
+
+
+def copy_model_dir(source: str, target: str, names: tuple[str, ...] = MODEL_FILES) -> tuple[str, ...]:
+    """The files of `names` that the model in `source` has (`files_to_copy`) written into `target`
+    (either a local folder or a store URI); their names."""
+    copied = files_to_copy(source, names)
+    for name in copied:
+        storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(storage.join(source, name)))
+    return copied
 
 
 def read_training_weights(uri: str) -> dict[str, Any]:

@@ -111,6 +111,8 @@ class Panini(Method):
 
     name: ClassVar[str] = "panini"
     inputs: ClassVar[tuple[str, ...]] = ("hq", "lq")  # `columns(cfg)`: ("hq", "lr") for SR
+    # Both tasks as the official code scores them (test_cfg PSNR, crop_border 0), x16 SR included.
+    paper_protocol: ClassVar[str | None] = "panini"
     Config: ClassVar[type[PaniniConfig]] = PaniniConfig
     cfg: PaniniConfig
 

@@ -12,5 +12,6 @@ from torch import Tensor
 
 
 def bicubic(lr: Tensor, factor: int) -> Tensor:
-    """(N, 3, h*factor, w*factor), clamped to [0, 1] (bicubic overshoots at edges); PyTorch's a = -0.75."""
-    return F.interpolate(lr.float(), scale_factor=factor, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    """(N, 3, h*factor, w*factor), clamped to [0, 1] (bicubic overshoots at edges); PyTorch's a = -0.75.
+    `factor` may be computed from a shape: int() keeps it a constant in a traced graph (the ONNX export)."""
+    return F.interpolate(lr.float(), scale_factor=int(factor), mode="bicubic", align_corners=False).clamp(0.0, 1.0)

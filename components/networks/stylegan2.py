@@ -11,8 +11,9 @@ checkpoint layouts: components/networks/stylegan2_convert.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ class Blur(nn.Module):
         self.kernel = blur_kernel(gain)
 
     def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
+        channels = int(x.shape[1])  # int: a traced graph (the ONNX export) needs the kernel's shape fixed
         weight = self.kernel.to(x.device, x.dtype).expand(channels, 1, 4, 4)
         x = F.pad(x, (self.pad[0], self.pad[1], self.pad[0], self.pad[1]))
         return F.conv2d(x, weight, groups=channels)
@@ -77,7 +78,7 @@ class Upsample(nn.Module):
         self.kernel = blur_kernel(gain=4.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
+        channels = int(x.shape[1])  # as Blur's
         weight = self.kernel.to(x.device, x.dtype).expand(channels, 1, 4, 4)
         return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
 
@@ -125,6 +126,12 @@ class ModulatedConv2d(nn.Module):
     over the batch (one group per sample). `upsample`: stride-2 transposed conv then the blur,
     as rosinality / BasicSR do.
 
+    `per_sample_weights` False runs the same maths in the order of StyleGAN2's non-fused path:
+    the input scaled by the style, one conv with the shared weight, the output times the
+    demodulation coefficients. A grouped conv's group count is the batch size, which a traced
+    graph (the ONNX export) would fix; this form has no batch-sized constant
+    (`shared_weight_convs` switches a network to it while it is exported).
+
     Shapes: x (N, c_in, H, W), w (N, style_dim) -> (N, c_out, H, W), or (N, c_out, 2H, 2W).
     """
 
@@ -137,6 +144,7 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, c_in, bias_init=1.0)
         self.scale = 1.0 / math.sqrt(c_in * kernel_size**2)
         self.padding = kernel_size // 2
+        self.per_sample_weights = True
         if upsample:
             # upfirdn2d pads of rosinality ModulatedConv2d(upsample=True) for a 4-tap filter and a 3x3 conv.
             slack = (len(BLUR_TAPS) - 2) - (kernel_size - 1)
@@ -151,6 +159,8 @@ class ModulatedConv2d(nn.Module):
         return weight
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        if not self.per_sample_weights:
+            return self.shared_weight_forward(x, w)
         n, _, height, width = x.shape
         weight = self.modulated_weight(w)
         x = x.reshape(1, n * self.c_in, height, width)
@@ -161,6 +171,36 @@ class ModulatedConv2d(nn.Module):
             return self.blur(out.view(n, self.c_out, *out.shape[2:]))
         out = F.conv2d(x, weight.reshape(n * self.c_out, self.c_in, k, k), padding=self.padding, groups=n)
         return out.view(n, self.c_out, *out.shape[2:])
+
+    def shared_weight_forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """`forward` without a per-sample weight: style on the input, shared conv, demodulation on the output."""
+        style = self.modulation(w)
+        weight = self.scale * self.weight
+        x = x * style[:, :, None, None]
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # sum over c_in, k, k of (weight * style)^2, per sample and output channel
+            energy = style.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t()
+            out = out * torch.rsqrt(energy + 1e-8)[:, :, None, None]
+        return self.blur(out) if self.upsample else out
+
+
+@contextlib.contextmanager
+def shared_weight_convs(network: nn.Module) -> Iterator[None]:
+    """Every ModulatedConv2d in `network` in its shared-weight form (`per_sample_weights` False)
+    inside the block, as it was afterwards."""
+    convs = [m for m in network.modules() if isinstance(m, ModulatedConv2d)]
+    before = [conv.per_sample_weights for conv in convs]
+    try:
+        for conv in convs:
+            conv.per_sample_weights = False
+        yield
+    finally:
+        for conv, mode in zip(convs, before):
+            conv.per_sample_weights = mode
 
 
 class StyledConv(nn.Module):

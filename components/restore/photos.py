@@ -87,7 +87,7 @@ class _Pending:
 def require_mask(restorer: Restorer, mask: object) -> None:
     """RestoreError naming --mask when an inpainting model gets no holes."""
     if restorer.task.needs_mask and mask is None:
-        raise RestoreError(f"'{restorer.method.name}' is an {restorer.task.name} model: give the holes with --mask")
+        raise RestoreError(f"'{restorer.model.name}' is an {restorer.task.name} model: give the holes with --mask")
 
 
 class PhotoRestorer:

@@ -6,7 +6,8 @@ RAY_ADDRESS) or an input in a store (`s3://...`): the photos' URIs become a Ray 
 `map_batches` sends them to a pool of actors, each holding one loaded model and detector
 (and a GPU, when the cluster has GPUs), which read, restore and write their photos
 themselves; only the report rows come back. Both skip photos whose restored image exists,
-and both end by writing the report of every input.
+and both end by writing the report of every input. `backend` picks what runs the network,
+here and in every actor: torch, or onnxruntime with the model's model.onnx (model.py).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ class RestoreSummary:
 
 
 def restore_here(model_dir: str, inputs: Sequence[str], out: str, options: RestoreOptions = RestoreOptions(),
-                 mask: str | None = None, device: str | None = None,
+                 mask: str | None = None, device: str | None = None, backend: str = "torch",
                  on_row: Callable[[ReportRow], None] = lambda row: None) -> RestoreSummary:
     """Restore in this process; `on_row` hears of each photo as it is done."""
-    restorer = load_restorer(model_dir, device)
+    restorer = load_restorer(model_dir, device, backend)
     photos, rows = _plan(inputs, restorer, mask)
     folder, todo, rows = _skip_done(out, photos, rows)
     holes = _read_mask(mask, restorer)
@@ -55,18 +56,18 @@ def restore_here(model_dir: str, inputs: Sequence[str], out: str, options: Resto
 
 def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options: RestoreOptions = RestoreOptions(),
                        mask: str | None = None, device: str | None = None, actors: int | None = None,
-                       on_row: Callable[[ReportRow], None] = lambda row: None) -> RestoreSummary:
+                       backend: str = "torch", on_row: Callable[[ReportRow], None] = lambda row: None) -> RestoreSummary:
     """Restore on the Ray cluster this process is connected to (ray.init first); `model_dir`,
     the inputs, the mask and `out` must be reachable from every node (a store URI, or a path on
     a shared file system, or one machine). `on_row` hears of each photo as its row arrives."""
     import ray
 
-    restorer = load_restorer(model_dir, "cpu")  # checked here, so a bad model fails before any actor starts
+    restorer = load_restorer(model_dir, "cpu", backend)  # checked here, so a bad model fails before any actor starts
     photos, rows = _plan(inputs, restorer, mask)
     folder, todo, rows = _skip_done(out, photos, rows)
     if todo:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        device = device or ("cuda" if gpus else "cpu")
+        device = device or ("cuda" if gpus and backend == "torch" else "cpu")  # onnxruntime: its CPU provider unless told
         if device.startswith("cuda") and not gpus:
             raise RestoreError(f"--device {device}: the Ray cluster has no GPU")
         pool = actors or (gpus if device.startswith("cuda") else max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
@@ -75,7 +76,7 @@ def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options:
                                       override_num_blocks=-(-len(todo) // per_task))
         done = dataset.map_batches(
             _RestoreActor, fn_constructor_kwargs={"model_dir": model_dir, "out": out, "options": options,
-                                                  "mask": mask, "device": device},
+                                                  "mask": mask, "device": device, "backend": backend},
             batch_size=per_task, batch_format="numpy", concurrency=min(pool, len(todo)),
             num_gpus=1 if device.startswith("cuda") else 0, num_cpus=1)
         for record in done.iter_rows():
@@ -88,9 +89,10 @@ def restore_on_cluster(model_dir: str, inputs: Sequence[str], out: str, options:
 class _RestoreActor:
     """One loaded model and detector; restores the photos of each batch and writes their outputs."""
 
-    def __init__(self, model_dir: str, out: str, options: RestoreOptions, mask: str | None, device: str):
+    def __init__(self, model_dir: str, out: str, options: RestoreOptions, mask: str | None, device: str,
+                 backend: str = "torch"):
         _use_only_assigned_cpus()
-        restorer = load_restorer(model_dir, device)
+        restorer = load_restorer(model_dir, device, backend)
         self.photos = PhotoRestorer(restorer, options)
         self.folder = OutputFolder(out)
         self.holes = _read_mask(mask, restorer)
@@ -127,14 +129,14 @@ def _skip_done(out: str, photos: list[Photo], rows: list[ReportRow]) -> tuple[Ou
 
 
 def _read_mask(mask: str | None, restorer: Restorer) -> np.ndarray | None:
-    """{0, 1} H x W holes (1 = missing) of a mask image: a pixel is a hole where it is not black
-    (grey value > 127), the convention of LaMa's and OpenCV's inpainting masks."""
+    """{0, 1} H x W holes (1 = missing) of a mask image (`schema.holes_of_mask_image`: white = hole)."""
+    from components.data.schema import holes_of_mask_image
     from components.data.sources import SkippedImage, read_photo
 
     if mask is None or not restorer.task.needs_mask:
         return None
     try:
-        return (read_photo(mask).mean(axis=2) > 127).astype(np.uint8)
+        return holes_of_mask_image(read_photo(mask))
     except SkippedImage as err:
         raise RestoreError(f"mask {mask}: {err.reason}") from None
 

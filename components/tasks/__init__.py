@@ -17,6 +17,9 @@ inference, its classical baselines, its scores and breakdown, whether the learne
   metrics (edge maps are not faces); `facerestore restore` does not take it.
 - representation, prior: upstream models (the DRE, the StyleGAN2 prior) trained on `hq`; not
   scored, not restored.
+Each image task also names the scoring protocol its papers report by (`paper_protocol`,
+components/metrics/protocols.py): inpainting EdgeConnect's, super_resolution CTCNet's,
+restoration Panini-Net's; `paper_protocol_of(method)` prefers a method's own (Panini's x16 SR).
 Metrics are on RGB in [0, 1] (components/metrics/image_quality.py states the conventions).
 Adding a task is one more `Task` here (docs/architecture.md, "Tasks").
 """
@@ -29,7 +32,7 @@ from components.models.base import Method, MethodConfig
 from components.tasks.base import Batch, Scoring, Task
 
 __all__ = ["EDGES", "INPAINTING", "PRIOR", "REPRESENTATION", "RESTORATION", "SUPER_RESOLUTION", "TASKS",
-           "Scoring", "Task", "task_named", "task_of", "training_columns"]
+           "Scoring", "Task", "paper_protocol_of", "task_named", "task_of", "training_columns"]
 
 
 def _sr_factor(data: Batch) -> int:
@@ -42,7 +45,7 @@ def _sr_factor(data: Batch) -> int:
 RESTORATION = Task(
     name="restoration",
     train_columns=("hq", "lq"), optional_columns=("mask", "degradation"),
-    image_input="lq", mask="zeros", restores_photos=True, selected_by="psnr",
+    image_input="lq", mask="zeros", restores_photos=True, selected_by="psnr", paper_protocol="panini",
     scoring=Scoring(
         breakdown="degradation_level",
         columns=("hq", "lq", "mask"),
@@ -57,6 +60,7 @@ INPAINTING = Task(
     name="inpainting",
     train_columns=("hq", "mask"), optional_columns=("edge",),
     image_input="lq", mask="holes", keeps_known=True, restores_photos=True, selected_by="psnr_hole",
+    paper_protocol="edgeconnect",  # the inpainting papers here build on EdgeConnect (docs/methods.md)
     scoring=Scoring(
         breakdown="mask_bucket",
         columns=("hq", "mask"),
@@ -74,7 +78,7 @@ INPAINTING = Task(
 SUPER_RESOLUTION = Task(
     name="super_resolution",
     train_columns=("hq", "lr"),
-    image_input="lr", mask="none", scales=True, restores_photos=True, selected_by="psnr",
+    image_input="lr", mask="none", scales=True, restores_photos=True, selected_by="psnr", paper_protocol="ctcnet",
     scoring=Scoring(
         breakdown="sr_factor",
         columns=("hq", "lr"),
@@ -117,6 +121,11 @@ def task_named(name: str) -> Task:
 def task_of(method: Method) -> Task:
     """The task of a built or loaded method."""
     return task_named(method.task)
+
+
+def paper_protocol_of(method: Method) -> str | None:
+    """The scoring protocol of a method's paper: its own `paper_protocol`, else its task's."""
+    return method.paper_protocol or task_of(method).paper_protocol
 
 
 def training_columns(method: type[Method], cfg: MethodConfig) -> tuple[str, ...]:

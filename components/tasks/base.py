@@ -66,6 +66,10 @@ class Task:
     scoring: Scoring | None = None  # None: not scored as images by the evaluate stage
     # The validation score `select: best` picks a model's weights by, unless the stage names one.
     selected_by: str | None = None
+    # The scoring protocol of the papers of this task (components/metrics/protocols.py), which the
+    # evaluate stage scores the task by beside the project's own; a method may name its own
+    # (`Method.paper_protocol`). None: no paper protocol (the task's outputs are not images).
+    paper_protocol: str | None = None
 
     def __repr__(self) -> str:
         return f"Task({self.name!r})"

@@ -2,7 +2,9 @@
 
 A reference is `NAME` (its champion), `NAME@alias` or `NAME/version`, with or without the
 `models:/` prefix MLflow uses. What lands in the output folder loads with no pickle
-(`components.models.files.load_model_dir`).
+(`components.models.files.load_model_dir`); a version registered with its ONNX export also
+brings `model.onnx`, and the card's ONNX section says how it was checked (config.json's `onnx`
+entry, the one source of that section: `facerestore export` writes it into a card the same way).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.models.files import CONFIG, MODEL_FILES, TRAINING_WEIGHTS, WEIGHTS
+from components.models.files import CONFIG, ONNX, OPTIONAL_FILES, REGISTERED_FILES, TRAINING_WEIGHTS, WEIGHTS
 from components.tasks import task_named
 
 CARD = "MODEL_CARD.md"
+ONNX_HEADING = "## ONNX"
+ONNX_MODEL_TAG = "onnx_model_uri"  # version tag: the run's mlflow.onnx model (components/tracking/registry.py)
 DEFAULT_ALIAS = "champion"
 _REFERENCE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 
@@ -94,10 +98,12 @@ def pull(reference: str, out: str | Path, tracking_uri: str) -> PulledModel:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, global_tracking_uri(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri(), dst_path=tmp))
-        for name in MODEL_FILES:
-            found = _find_one(local, name, reference, optional=name == TRAINING_WEIGHTS)
+        for name in REGISTERED_FILES:
+            found = _find_one(local, name, reference, optional=name in OPTIONAL_FILES)
             if found is not None:
                 shutil.copyfile(found, out / name)
+            elif (out / name).exists():  # an earlier pull's: it belongs to other weights
+                (out / name).unlink()
     pulled = PulledModel(out, ref.name, int(version.version), list(version.aliases), dict(version.tags), version.run_id)
     (out / CARD).write_text(model_card(pulled, json.loads((out / CONFIG).read_text()), tracking_uri))
     return pulled
@@ -146,7 +152,43 @@ def model_card(model: PulledModel, config: dict[str, Any], tracking_uri: str) ->
            f"(`init_from: models:/{model.name}/{model.version}`)." if (model.directory / TRAINING_WEIGHTS).exists() else ""),
         "",
     ]
+    if config.get("onnx"):
+        lines += [*onnx_section(config["onnx"], tags.get(ONNX_MODEL_TAG)), ""]
     return "\n".join(lines)
+
+
+def onnx_section(entry: dict[str, Any], mlflow_onnx_uri: str | None = None) -> list[str]:
+    """The card's ONNX section, from config.json's `onnx` entry (components/export/onnx.py)."""
+    shapes = entry.get("input_shapes") or {}
+    inputs = ", ".join(f"`{name}`" + (f" ({' x '.join(map(str, shapes[name]))})" if name in shapes else "")
+                       for name in entry["inputs"])
+    lines = [
+        ONNX_HEADING,
+        "",
+        f"- file: `{entry.get('file', ONNX)}`, opset {entry['opset']}; inputs {inputs} -> `{entry['output']}`, float32 "
+        "NCHW in [0, 1], the batch axis dynamic",
+        f"- checked against PyTorch: largest absolute difference {entry['max_abs_diff']:.3g} on the [0, 1] output "
+        f"(bound {entry.get('tolerance', 1e-3):g}), batches of {' and '.join(map(str, entry['checked_batch_sizes']))}, "
+        f"{entry.get('checked_with', 'onnxruntime')}",
+        f"- deterministic: {entry.get('deterministic', 'yes')}",
+        "- restore with it: `facerestore restore PHOTO... --model DIR --backend onnxruntime --out OUT`",
+    ]
+    if mlflow_onnx_uri:
+        lines.append(f"- MLflow ONNX model (no facerestore code needed): `mlflow.pyfunc.load_model(\"{mlflow_onnx_uri}\")`")
+    return lines
+
+
+def with_onnx_section(card: str, entry: dict[str, Any]) -> str:
+    """`card` with its ONNX section (if any) replaced by the one `entry` makes, at the end."""
+    kept, skipping = [], False
+    for line in card.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            skipping = line.strip() == ONNX_HEADING
+        if not skipping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, "", *onnx_section(entry), ""])
 
 
 def training_lines(training: dict[str, Any]) -> list[str]:

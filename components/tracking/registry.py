@@ -1,14 +1,24 @@
-"""The MLflow model registry: log a model version, set `candidate`, move `champion` on merit."""
+"""The MLflow model registry: log a model version, set `candidate`, move `champion` on merit.
+
+Every version is a pickle-free pyfunc (components/tracking/pyfunc_model.py) with a signature and
+an input example (components/tracking/signature.py). A model directory that holds `model.onnx`
+(the register stage's `onnx: true` exports it) is carried in the pyfunc's data too, and the run
+also logs it as an `mlflow.onnx` model (`model_onnx`, the same signature on its graph's inputs),
+which MLflow's own serving loads without this project's code; its URI is the version's
+`onnx_model_uri` tag.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import components
 
 PYFUNC_LOADER = "components.tracking.pyfunc_model"
+ONNX_MODEL_NAME = "model_onnx"  # the run's mlflow.onnx model, beside the pyfunc "model"
 CANDIDATE, CHAMPION = "candidate", "champion"
 
 
@@ -36,12 +46,16 @@ class Outcome:
 def register(candidate: Candidate) -> Outcome:
     from mlflow.tracking import MlflowClient
 
+    from components.tracking.pull import ONNX_MODEL_TAG
     from components.tracking.runs import global_tracking_uri
 
     client = MlflowClient(candidate.tracking_uri)
     with global_tracking_uri(candidate.tracking_uri):
-        version = log_version(candidate)
-    for key, value in {**candidate.tags, candidate.metric: str(candidate.score), "metric": candidate.metric}.items():
+        version, onnx_model_uri = log_version(candidate)
+    tags = {**candidate.tags, candidate.metric: str(candidate.score), "metric": candidate.metric}
+    if onnx_model_uri:
+        tags[ONNX_MODEL_TAG] = onnx_model_uri
+    for key, value in tags.items():
         client.set_model_version_tag(candidate.name, str(version), key, str(value))
     client.set_registered_model_alias(candidate.name, CANDIDATE, str(version))
     champion_score = current_champion_score(client, candidate)
@@ -55,24 +69,44 @@ def register(candidate: Candidate) -> Outcome:
     return Outcome(version, candidate.score, promoted, champion_score, decision)
 
 
-def log_version(candidate: Candidate) -> int:
+def log_version(candidate: Candidate) -> tuple[int, str | None]:
+    """(the registered version, the URI of the run's mlflow.onnx model or None) of `candidate`."""
     import mlflow
 
-    from components import storage
-    from components.models.files import files_to_copy
+    from components.models.files import ONNX, REGISTERED_FILES, copy_model_dir
+    from components.tracking.signature import model_signature
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "model")
         data.mkdir()
-        for name in files_to_copy(candidate.model_uri):  # the training weights too: fine-tuning needs them
-            (data / name).write_bytes(storage.read_bytes(storage.join(candidate.model_uri, name)))
+        # the training weights too (fine-tuning needs them), and model.onnx where there is one
+        copy_model_dir(candidate.model_uri, str(data), REGISTERED_FILES)
+        described = model_signature(str(data))
+        signature, example = described if described is not None else (None, None)
         with mlflow.start_run(run_id=candidate.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", loader_module=PYFUNC_LOADER, data_path=str(data),
                 code_paths=[str(Path(components.__file__).parent)],
                 pip_requirements=["torch==2.13.0", "safetensors", "numpy", "pydantic", "kornia"],
-                registered_model_name=candidate.name)
-    return int(info.registered_model_version)
+                signature=signature, input_example=example, registered_model_name=candidate.name)
+            onnx_model_uri = log_onnx(data / ONNX, signature, example) if (data / ONNX).exists() else None
+    return int(info.registered_model_version), onnx_model_uri
+
+
+def log_onnx(path: Path, signature: Any, example: dict | None) -> str:
+    """`path` logged as an mlflow.onnx model in the active run, its signature and example cut to
+    the graph's inputs; its model URI."""
+    import mlflow.onnx
+    import onnx
+
+    from components.tracking.signature import restricted
+
+    graph = onnx.load(str(path))
+    names = [node.name for node in graph.graph.input]
+    info = mlflow.onnx.log_model(
+        graph, name=ONNX_MODEL_NAME, signature=restricted(signature, names) if signature is not None else None,
+        input_example={name: example[name] for name in names} if example is not None else None)
+    return info.model_uri
 
 
 def current_champion_score(client, candidate: Candidate) -> float | None:

@@ -275,12 +275,11 @@ def save_trained(ctx: StageContext, method: Method, shards: Any, training: dict[
 
 def copy_model_files(source: str, target: str) -> None:
     from components import storage
-    from components.models.files import CONFIG, files_to_copy
+    from components.models.files import CONFIG, copy_model_dir
 
     if not storage.exists(storage.join(source, CONFIG)):
         raise FileNotFoundError(f"init_from: model directory '{source}' has no {CONFIG}")
-    for name in files_to_copy(source):
-        storage.write_bytes_atomic(storage.join(target, name), storage.read_bytes(storage.join(source, name)))
+    copy_model_dir(source, target)
 
 
 def publish_samples(ctx: StageContext, method: Method) -> None:

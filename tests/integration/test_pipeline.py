@@ -171,3 +171,38 @@ def test_report_command_prints_the_benchmark_table_and_the_evaluation_wrote_it_i
     assert "degradation_level" in shown.output  # the breakdown tables follow the whole-split table
     evaluation = Path(store.artifact("evaluate", record["stages"]["evaluate"]["fingerprint"]).uri)
     assert {"report.md", "report.csv", "report.html", "grid_restoration.png"} <= {p.name for p in evaluation.iterdir()}
+
+
+def test_register_with_onnx_carries_model_onnx_and_an_mlflow_onnx_model_and_restores_with_onnxruntime(first_run, tmp_path):
+    import mlflow
+    import torch
+    from typer.testing import CliRunner
+
+    from components.data.schema import decode_png, encode_png
+    from components.tracking.runs import global_tracking_uri
+    from pipelines.cli import app
+
+    config, record, _ = first_run
+    again, _ = run(config, ["register.onnx=true"])  # only the register stage's config changed
+    assert {name: s["state"] for name, s in again["stages"].items()} == {
+        "synthesize": "cached", "train_baseline": "cached", "evaluate": "cached", "register": "finished"}
+    metrics = again["stages"]["register"]["metrics"]
+    assert metrics["version"] == 2 and metrics["onnx_max_abs_diff"] < 1e-3
+    uri = record["tracking_uri"]
+    version = mlflow_client(record).get_model_version("facerestore-baseline", "2")
+    with global_tracking_uri(uri):
+        assert mlflow.pyfunc.load_model("models:/facerestore-baseline/2").metadata.signature is not None
+        onnx_model = mlflow.pyfunc.load_model(version.tags["onnx_model_uri"])
+    lq, mask = torch.rand(2, 3, 32, 32).numpy(), torch.zeros(2, 1, 32, 32).numpy()
+    assert onnx_model.predict({"lq": lq, "mask": mask})["restored"].shape == (2, 3, 32, 32)
+
+    pulled = CliRunner().invoke(app, ["pull", "facerestore-baseline/2", "--out", str(tmp_path / "m"), "--format", "onnx",
+                                      "--tracking-uri", uri], env={"COLUMNS": "200"})
+    assert pulled.exit_code == 0 and "model.onnx (carried by the version)" in pulled.output, pulled.output
+    assert "## ONNX" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    (tmp_path / "in.png").write_bytes(encode_png((torch.rand(48, 40, 3) * 255).byte().numpy()))
+    restored = CliRunner().invoke(app, ["restore", str(tmp_path / "in.png"), "--model", "models:/facerestore-baseline/2",
+                                        "--backend", "onnxruntime", "--aligned", "--out", str(tmp_path / "out"),
+                                        "--tracking-uri", uri])
+    assert restored.exit_code == 0, restored.output
+    assert decode_png((tmp_path / "out" / "restored_imgs" / "in.png").read_bytes()).shape == (48, 40, 3)

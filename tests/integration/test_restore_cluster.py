@@ -76,6 +76,28 @@ def test_two_actors_on_the_shared_ray_restore_every_photo_find_every_face_and_a_
     assert sorted(row.status for row in again.rows) == ["already restored"] * 5 + ["failed"]
 
 
+def test_actors_restore_with_the_onnxruntime_backend_as_torch_does_here(ray_address, model_dir, tmp_path):
+    import shutil
+
+    from components.export.onnx import export_onnx
+    from components.restore import restore_here, restore_on_cluster
+
+    exported = tmp_path / "exported"
+    shutil.copytree(model_dir, exported)
+    export_onnx(str(exported))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for faces in (1, 2):
+        (folder / f"group_{faces}.png").write_bytes(encode_png(group_photo(faces)))
+    by_actors = restore_on_cluster(str(exported), [str(folder)], str(tmp_path / "onnx"), actors=1, backend="onnxruntime")
+    restore_here(str(model_dir), [str(folder)], str(tmp_path / "torch"))
+    assert sorted(row.faces for row in by_actors.rows) == [1, 2]
+    for written in (tmp_path / "torch" / "restored_imgs" / "in").iterdir():
+        a = decode_png(written.read_bytes()).astype(int)
+        b = decode_png((tmp_path / "onnx" / "restored_imgs" / "in" / written.name).read_bytes()).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
 def test_restore_reads_a_bucket_and_writes_its_outputs_and_report_into_the_bucket(model_dir, tmp_path):
     import boto3
 

@@ -8,11 +8,15 @@ import torch
 from components.metrics.report import Report, image_grid, text_width, wrap_label
 
 
-def sample_report():
+def sample_report(paper_protocol=False):
     report = Report(split="test", samples=4)
     report.add_task("inpainting", {"mean_fill": {"psnr": 20.0, "l1": 0.1}, "train_cafin": {"psnr": 25.0, "l1": 0.05}},
                     "mask_bucket", {"0-10%": {"mean_fill": {"psnr": 22.0, "l1": 0.08},
                                               "train_cafin": {"psnr": 27.0, "l1": 0.04}}}, models=["train_cafin"])
+    if paper_protocol:
+        report.add_task("inpainting", {"mean_fill": {"psnr": 21.0, "ssim": 0.7, "mae": 0.06},
+                                       "train_cafin": {"psnr": 26.0, "ssim": None, "mae": 0.03}},
+                        None, {}, models=["train_cafin"], protocol="edgeconnect")
     report.grids["inpainting"] = np.zeros((8, 24, 3), np.uint8)
     return report
 
@@ -20,14 +24,15 @@ def sample_report():
 def test_markdown_marks_the_best_value_per_metric_lower_l1_being_better():
     text = sample_report().markdown()
     assert "| train_cafin | **25.00** | **0.0500** |" in text
-    assert "| mean_fill | 20.00 | 0.1000 |" in text and "### 0-10% (mask_bucket)" in text
+    assert "| mean_fill | 20.00 | 0.1000 |" in text and "### 0-10% (mask_bucket; protocol: project)" in text
+    assert "## inpainting (protocol: project)" in text
 
 
 def test_csv_has_a_row_per_task_group_name_and_metric():
     rows = list(csv.DictReader(io.StringIO(sample_report().csv())))
     assert len(rows) == 8
-    assert {"task": "inpainting", "breakdown": "mask_bucket", "group": "0-10%", "name": "train_cafin",
-            "metric": "psnr", "value": "27"} in rows
+    assert {"task": "inpainting", "protocol": "project", "breakdown": "mask_bucket", "group": "0-10%",
+            "name": "train_cafin", "metric": "psnr", "value": "27"} in rows
 
 
 def test_files_hold_the_three_formats_and_the_grid_the_html_page_shows():
@@ -38,6 +43,41 @@ def test_files_hold_the_three_formats_and_the_grid_the_html_page_shows():
 
 def test_flat_metrics_are_what_the_register_stage_looks_up():
     assert sample_report().flat_metrics()["train_cafin/psnr"] == 25.0
+
+
+def test_a_paper_protocol_has_its_own_table_named_in_every_format_and_its_own_metric_keys():
+    report = sample_report(paper_protocol=True)
+    text = report.markdown()
+    project, paper = text.index("## inpainting (protocol: project)"), text.index("## inpainting (protocol: edgeconnect)")
+    assert project < text.index("### 0-10% (mask_bucket; protocol: project)") < paper  # breakdown: project only
+    assert "| train_cafin | **26.00** | unavailable | **0.0300** |" in text  # mae: lower is better
+    page = report.html()
+    assert "<h2>inpainting (protocol: project)</h2>" in page and "<h2>inpainting (protocol: edgeconnect)</h2>" in page
+    assert page.count("<img src='grid_inpainting.png'>") == 1
+    rows = list(csv.DictReader(io.StringIO(report.csv())))
+    assert {"task": "inpainting", "protocol": "edgeconnect", "breakdown": "", "group": "all", "name": "mean_fill",
+            "metric": "mae", "value": "0.06"} in rows
+    metrics = report.flat_metrics()
+    assert metrics["train_cafin/psnr"] == 25.0 and metrics["train_cafin/edgeconnect/psnr"] == 26.0
+    assert "train_cafin/edgeconnect/ssim" not in metrics  # unavailable: never logged as a number
+    details = report.as_details()
+    assert list(details["tasks"]["inpainting"]) == ["project", "edgeconnect"]
+    assert details["scores"]["train_cafin"] == {"psnr": 25.0, "l1": 0.05}  # the project protocol's
+
+
+def test_the_report_command_titles_each_table_with_its_protocol_old_evaluations_included():
+    from pipelines.display import report_tables
+
+    import json
+
+    # as the manifest stores them: keys sorted, so "edgeconnect" would come before "project"
+    details = json.loads(json.dumps(sample_report(paper_protocol=True).as_details(), sort_keys=True))
+    titles = [table.title for table in report_tables(details)]
+    assert titles == ["inpainting (protocol: project)", "inpainting - 0-10% (mask_bucket; protocol: project)",
+                      "inpainting (protocol: edgeconnect)"]
+    before_protocols = {"tasks": {"inpainting": {"models": [], "scores": {"telea": {"psnr": 20.0}},
+                                                 "breakdown": None, "groups": {}}}}
+    assert [table.title for table in report_tables(before_protocols)] == ["inpainting (protocol: project)"]
 
 
 def test_a_metric_without_weights_is_printed_unavailable_and_never_logged_as_a_number():

@@ -67,3 +67,66 @@ def test_learned_metrics_without_weights_are_unavailable_not_numbers():
     assert learned.identity_network is None
     assert learned.unavailable({"psnr": 30.0}) == {"psnr": 30.0, "lpips": None, "identity": None, "fid": None,
                                                    "id_accuracy": None}
+
+
+def no_learned_metrics():
+    from components.metrics.learned import LearnedMetrics, LearnedMetricsConfig
+
+    return LearnedMetrics(LearnedMetricsConfig(dlib_identity=False))
+
+
+def test_evaluate_scores_each_task_under_the_project_and_its_papers_protocol_on_the_8_bit_outputs():
+    from components.data.schema import to_uint8
+    from components.metrics.protocols import CTCNET, EDGECONNECT, available_means
+    from pipelines.stages.evaluate import Config, score_split
+
+    data = face_batch(n=3, size=64, columns=("hq", "mask", "lr"), super_resolution={"factor": 4})
+    groups = {"mask_bucket": ["0-10%"] * 3, "sr_factor": ["x4"] * 3, "degradation_level": ["none"] * 3}
+    report = score_split({INPAINTING: {}, SUPER_RESOLUTION: {}}, data, groups, Config(), no_learned_metrics())
+    assert {task: list(tables) for task, tables in report.tasks.items()} == {
+        "inpainting": ["project", "edgeconnect"], "super_resolution": ["project", "ctcnet"]}
+    metrics = report.flat_metrics()
+    assert {"telea/psnr_hole", "telea/edgeconnect/psnr", "telea/edgeconnect/ssim", "telea/edgeconnect/mae",
+            "bicubic/psnr", "bicubic/ctcnet/psnr", "bicubic/ctcnet/ssim"} <= set(metrics)
+    _, outputs = score_task(SUPER_RESOLUTION, {}, data, batch_size=2)
+    bicubic = available_means(CTCNET.score(to_uint8(outputs["bicubic"]), to_uint8(data["hq"])))
+    assert metrics["bicubic/ctcnet/psnr"] == bicubic["psnr"] and metrics["bicubic/ctcnet/ssim"] == bicubic["ssim"]
+    _, outputs = score_task(INPAINTING, {}, data, batch_size=2)
+    assert metrics["telea/edgeconnect/mae"] == available_means(EDGECONNECT.score(outputs["telea"], data["hq"]))["mae"]
+    assert report.tasks["inpainting"]["edgeconnect"].groups == {}  # no breakdown under a paper protocol
+    text = report.markdown()
+    assert "## super_resolution (protocol: ctcnet)" in text and "- protocol ctcnet: IVIPLab/CTCNet psnr_ssim.py" in text
+
+
+def test_evaluate_protocols_given_are_scored_for_every_image_task_and_unknown_names_fail_at_config_time():
+    import pydantic
+    import pytest
+
+    from pipelines.stages.evaluate import Config, score_split
+
+    data = face_batch(n=2, size=32, columns=("hq", "mask"))
+    cfg = Config(protocols=["panini", "panini"])
+    assert cfg.protocols == ["panini"]
+    report = score_split({INPAINTING: {}}, data, {"mask_bucket": ["x"] * 2}, cfg, no_learned_metrics())
+    assert list(report.tasks["inpainting"]) == ["panini"]
+    assert set(report.flat_metrics()) == {f"{name}/panini/psnr" for name in ("mean_fill", "telea", "navier_stokes")}
+    with pytest.raises(pydantic.ValidationError, match="unknown scoring protocol 'psnr' .known: project, ctcnet"):
+        Config(protocols=["project", "psnr"])
+    with pytest.raises(pydantic.ValidationError):
+        Config(protocols=[])
+
+
+def test_a_task_is_scored_under_the_paper_protocol_of_each_of_its_methods():
+    from types import SimpleNamespace
+
+    from components.tasks import EDGES
+    from pipelines.stages.evaluate import task_protocols
+
+    ctcnet = SimpleNamespace(paper_protocol=None, task="super_resolution")
+    panini_sr = SimpleNamespace(paper_protocol="panini", task="super_resolution")
+    assert task_protocols(SUPER_RESOLUTION, {}, None) == ["project", "ctcnet"]  # baselines only: the task's
+    assert task_protocols(SUPER_RESOLUTION, {"train_panini_sr": panini_sr}, None) == ["project", "panini"]
+    assert task_protocols(SUPER_RESOLUTION, {"a": ctcnet, "b": panini_sr}, None) == ["project", "ctcnet", "panini"]
+    edge_gan = SimpleNamespace(paper_protocol=None, task="edges")
+    assert task_protocols(EDGES, {"train_edge": edge_gan}, None) == ["project"]
+    assert task_protocols(EDGES, {"train_edge": edge_gan}, ["project", "ctcnet"]) == ["project"]  # not images

@@ -9,7 +9,7 @@ from components.models import build_method, load_method
 from components.models.base import NotARestorer
 from components.models.stylegan2 import StyleGAN2, r1_penalty
 from components.networks.moving_average import accumulate
-from components.networks.stylegan2 import Blur, ModulatedConv2d, Upsample, blur_kernel
+from components.networks.stylegan2 import Blur, ModulatedConv2d, Upsample, blur_kernel, shared_weight_convs
 from components.networks.stylegan2_convert import export_state_dict, import_state_dict, official_key_map
 from tests.unit.method_checks import (
     TINY_CONFIGS,
@@ -72,6 +72,27 @@ def test_modulated_conv_equals_a_per_sample_reference(upsample):
             ref = F.conv2d(x[i:i + 1], weight, padding=1)
         assert torch.allclose(out[i:i + 1], ref, atol=1e-5)
     assert out.shape == (3, 6, 16, 16) if upsample else (3, 6, 8, 8)
+
+
+@pytest.mark.parametrize("upsample, demodulate", [(False, True), (True, True), (False, False)])
+def test_the_shared_weight_form_of_a_modulated_conv_computes_the_grouped_one(upsample, demodulate):
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(4, 6, 3 if demodulate else 1, style_dim=5, demodulate=demodulate, upsample=upsample)
+    x, w = torch.randn(3, 4, 8, 8), torch.randn(3, 5)
+    grouped = conv(x, w)
+    with shared_weight_convs(conv):
+        shared = conv(x, w)
+    assert conv.per_sample_weights  # the block put the grouped form back
+    torch.testing.assert_close(shared, grouped, atol=1e-5, rtol=1e-5)
+
+
+def test_a_generator_in_the_shared_weight_form_makes_the_same_faces():
+    g = tiny().prior
+    z = torch.randn(3, 16)
+    grouped, _ = g(z, randomize_noise=False)
+    with shared_weight_convs(g):
+        shared, _ = g(z, randomize_noise=False)
+    torch.testing.assert_close(shared, grouped, atol=1e-5, rtol=1e-5)
 
 
 def test_demodulation_keeps_unit_output_variance_whatever_the_style_scale():

@@ -218,8 +218,8 @@ def test_the_default_device_is_cuda_where_there_is_one_and_a_device_that_is_not_
 def test_faces_go_through_the_network_in_batches(baseline_dir, tmp_path):
     restorer = load_restorer(baseline_dir)
     sizes = []
-    restore = restorer.method.restore
-    restorer.method.restore = lambda batch: sizes.append(len(batch["lq"])) or restore(batch)
+    restore = restorer.model.restore
+    restorer.model.restore = lambda batch: sizes.append(len(batch["lq"])) or restore(batch)
     folder = tmp_path / "photos"
     folder.mkdir()
     for k in range(5):
@@ -288,3 +288,56 @@ def test_an_sr_model_enlarges_the_photo_by_lanczos_and_pastes_its_faces_from_the
     assert 240 < cols.min() and cols.max() < 660 and rows.max() < 500
     assert changed[220:260, 420:480].mean() > 0.9
     assert decode_png((tmp_path / "out" / "cmp" / "small_00.png").read_bytes()).shape == (32, 64, 3)
+
+
+# -- the onnxruntime backend ---------------------------------------------------------------------
+def test_the_onnxruntime_backend_restores_a_photo_as_torch_does_without_running_torchs_network(baseline_dir, tmp_path,
+                                                                                              monkeypatch):
+    from skimage import data
+
+    from components.export.onnx import export_onnx
+    from components.models.baseline import Baseline
+
+    (tmp_path / "astronaut.png").write_bytes(encode_png(data.astronaut()))
+    by_torch = restore_here(str(baseline_dir), [str(tmp_path / "astronaut.png")], str(tmp_path / "torch"))
+    export_onnx(str(baseline_dir))
+
+    def not_torch(self, batch):
+        raise AssertionError("the torch network ran")
+
+    monkeypatch.setattr(Baseline, "restore", not_torch)
+    assert load_restorer(baseline_dir, backend="onnxruntime").backend == "onnxruntime"
+    by_onnx = restore_here(str(baseline_dir), [str(tmp_path / "astronaut.png")], str(tmp_path / "onnx"),
+                           backend="onnxruntime")
+    assert [r.faces for r in by_onnx.rows] == [r.faces for r in by_torch.rows] == [1]
+    for folder in ("restored_imgs", "restored_faces"):
+        for written in (tmp_path / "torch" / folder).iterdir():
+            a = decode_png(written.read_bytes()).astype(int)
+            b = decode_png((tmp_path / "onnx" / folder / written.name).read_bytes()).astype(int)
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1, (folder, written.name)
+
+
+def test_the_onnxruntime_backend_keeps_every_known_pixel_of_an_inpainted_photo(inpainting_dir, tmp_path):
+    from components.export.onnx import export_onnx
+
+    export_onnx(str(inpainting_dir))
+    original = photo(40, 40)
+    (tmp_path / "p.png").write_bytes(encode_png(original))
+    holes = np.zeros((40, 40, 3), np.uint8)
+    holes[10:25, 12:30] = 255
+    (tmp_path / "mask.png").write_bytes(encode_png(holes))
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        restore_here(str(inpainting_dir), [str(tmp_path / "p.png")], str(tmp_path / backend), ALIGNED,
+                     str(tmp_path / "mask.png"), backend=backend)
+        outs[backend] = decode_png((tmp_path / backend / "restored_imgs" / "p.png").read_bytes()).astype(int)
+    known = holes[..., 0] == 0
+    assert np.array_equal(outs["onnxruntime"][known], original[known])
+    assert np.abs(outs["onnxruntime"] - outs["torch"]).max() <= 1
+
+
+def test_the_onnxruntime_backend_without_model_onnx_says_how_to_export_it(baseline_dir):
+    with pytest.raises(RestoreError, match=r"no model.onnx: run `facerestore export .* --format onnx`"):
+        load_restorer(baseline_dir, backend="onnxruntime")
+    with pytest.raises(RestoreError, match="--backend tensorrt: use torch or onnxruntime"):
+        load_restorer(baseline_dir, backend="tensorrt")
