@@ -35,6 +35,9 @@ from components.restore.model import Restorer, RestoreError
 # The detector searches faces down to this side, so faces just under `min_face` are still
 # found and reported as too small rather than missed without a word
 DETECTOR_MIN_FACE = 16
+# A face this many times larger in the output than the model restores it gets a note in its row:
+# beyond about 4x an enlarged face looks visibly soft.
+ENLARGED_FACE = 4.0
 GROUP_PIXELS = 24_000_000  # photos held at once for one network pass, at most about this many pixels
 
 
@@ -88,6 +91,19 @@ def require_mask(restorer: Restorer, mask: object) -> None:
     """RestoreError naming --mask when an inpainting model gets no holes."""
     if restorer.task.needs_mask and mask is None:
         raise RestoreError(f"'{restorer.model.name}' is an {restorer.task.name} model: give the holes with --mask")
+
+
+def enlarged_faces_note(regions: list[FaceRegion], model_side: int) -> list[str]:
+    """A note on the faces much larger in the output than the model writes them (a 32 px model
+    on a 300 px face): they are restored at the model's side and enlarged back, so their detail
+    is the model's, not the photo's. Empty when none is."""
+    # A region's scale is photo pixels per crop pixel, which is also output pixels per restored
+    # pixel for an SR model: its photo and its faces are both sr_factor times larger.
+    large = [region.scale for region in regions if region.scale > ENLARGED_FACE]
+    if not large:
+        return []
+    return [f"{len(large)} face(s) restored at the model's {model_side} px and enlarged back up to "
+            f"{max(large):.1f}x: a model trained at a larger resolution keeps more of their detail"]
 
 
 class PhotoRestorer:
@@ -151,6 +167,7 @@ class PhotoRestorer:
             return _Pending(source, photo, holes, [], [], [_resize(photo, side, side)], crop_holes, [])
         landmarks, notes = self._find_faces(photo)
         regions = [face_region(points, side, photo.shape) for points in landmarks]
+        notes += enlarged_faces_note(regions, self.restorer.resolution)
         crops = [crop_face(photo, region) for region in regions]
         crop_holes = [crop_face(holes, region, nearest=True) for region in regions] if holes is not None else []
         return _Pending(source, photo, holes, landmarks, regions, crops, crop_holes, notes)

@@ -271,6 +271,9 @@ def test_the_astronaut_photo_gets_its_face_found_restored_and_pasted_back_by_the
     statuses = {r["input"].rpartition("/")[2]: (r["status"], r["reason"]) for r in report_rows(out)}
     assert statuses["empty_wall.png"] == ("no face", "no face found: written unchanged")
     assert statuses["one_pixel.png"][0] == "no face"
+    # a ~90 px face through a 32 px model: the row says its detail is the model's
+    status, reason = statuses["astronaut.jpg"]
+    assert status == "restored" and reason.startswith("1 face(s) restored at the model's 32 px and enlarged back up to ")
 
 
 def test_an_sr_model_enlarges_the_photo_by_lanczos_and_pastes_its_faces_from_the_model(sr_dir, tmp_path):
@@ -288,6 +291,21 @@ def test_an_sr_model_enlarges_the_photo_by_lanczos_and_pastes_its_faces_from_the
     assert 240 < cols.min() and cols.max() < 660 and rows.max() < 500
     assert changed[220:260, 420:480].mean() > 0.9
     assert decode_png((tmp_path / "out" / "cmp" / "small_00.png").read_bytes()).shape == (32, 64, 3)
+    # its ~44 px face (~170 px of photo around it) through a 16 -> 32 px model: named by its output side
+    assert summary.rows[0].reason.startswith("1 face(s) restored at the model's 32 px and enlarged back up to ")
+
+
+def test_only_faces_enlarged_over_4x_get_the_note_with_the_largest_enlargement():
+    from components.restore.alignment import FaceRegion
+    from components.restore.photos import enlarged_faces_note
+
+    def region(scale):
+        return FaceRegion(np.eye(2, 3) / scale, np.eye(2, 3) * scale, 32, (0, 0, 1, 1))
+
+    assert enlarged_faces_note([region(1.0), region(3.9)], 64) == []
+    assert enlarged_faces_note([region(2.0), region(4.5), region(6.3)], 64) == [
+        "2 face(s) restored at the model's 64 px and enlarged back up to 6.3x: a model trained at a larger "
+        "resolution keeps more of their detail"]
 
 
 # -- the onnxruntime backend ---------------------------------------------------------------------
