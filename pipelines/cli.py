@@ -445,7 +445,8 @@ def restore(inputs: Annotated[list[str], typer.Argument(help="photos and folders
             model: Annotated[str, typer.Option("--model", help="a pulled model folder, or models:/NAME@alias")],
             out: Annotated[str, typer.Option("--out", help="output folder (local or s3://...), GFPGAN's layout")],
             mask: Annotated[Optional[str], typer.Option("--mask", help="holes to fill (inpainting), in photo "
-                                                        "coordinates: white = missing")] = None,
+                                                        "coordinates: white = missing; one image for every photo, or a "
+                                                        "folder with each photo's mask under its file stem")] = None,
             aligned: Annotated[bool, typer.Option("--aligned", help="the photos are aligned face crops: no detection")] = False,
             only_center_face: Annotated[bool, typer.Option("--only-center-face", help="restore the face nearest the "
                                                            "centre only")] = False,

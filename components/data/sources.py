@@ -382,6 +382,23 @@ def _open_parquet(uri: str) -> pq.ParquetFile:
 # ---------------------------------------------------------------------------- loading
 
 
+def images_by_stem(folder: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The image files of a folder (not its sub-folders; hidden files left out) by stem, the name
+    without its extension, the way two folders of images pair up (`a.png` with `a.jpg`): (stem ->
+    file name where one file has it, stem -> the sorted names where several share it).
+    FileNotFoundError when the folder is not there."""
+    if not storage.is_dir(folder):
+        raise FileNotFoundError(f"{folder} does not exist or is not a folder")
+    by_stem: dict[str, list[str]] = {}
+    for entry in storage.list_dir(folder):
+        stem, dot, extension = entry.name.rpartition(".")
+        if entry.is_dir or entry.name.startswith(".") or not dot or f".{extension.lower()}" not in IMAGE_EXTENSIONS:
+            continue
+        by_stem.setdefault(stem, []).append(entry.name)
+    unique = {stem: names[0] for stem, names in by_stem.items() if len(names) == 1}
+    return unique, {stem: sorted(names) for stem, names in by_stem.items() if len(names) > 1}
+
+
 def load_image(item: SourceItem, resolution: int, limits: ImageLimits | None = None) -> np.ndarray:
     """The item as uint8 RGB resolution x resolution x 3, or SkippedImage saying why not."""
     images = iter_images([item], resolution, limits)

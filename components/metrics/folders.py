@@ -25,7 +25,7 @@ import torch
 
 from components import storage
 from components.data.schema import holes_of_mask_image
-from components.data.sources import IMAGE_EXTENSIONS, SkippedImage, read_photo
+from components.data.sources import SkippedImage, images_by_stem, read_photo
 from components.metrics.protocols import PROJECT_NAME, available_means, protocol_named
 
 
@@ -114,20 +114,13 @@ class _Unscored(Exception):
 def _images_by_stem(folder: str, role: str, problems: list[Problem]) -> tuple[dict[str, str], set[str]]:
     """(stem -> file name of the folder's images, the stems two files share); each of those goes
     to `problems`."""
-    if not storage.is_dir(folder):
-        raise FileNotFoundError(f"{role} folder {folder} does not exist or is not a folder")
-    by_stem: dict[str, list[str]] = {}
-    for entry in storage.list_dir(folder):
-        stem, dot, extension = entry.name.rpartition(".")
-        if entry.is_dir or entry.name.startswith(".") or not dot or f".{extension.lower()}" not in IMAGE_EXTENSIONS:
-            continue
-        by_stem.setdefault(stem, []).append(entry.name)
-    for stem, names in by_stem.items():
-        if len(names) > 1:
-            problems.append(Problem(", ".join(sorted(names)),
-                                    f"{len(names)} {role} share the name {stem}: which one to score is ambiguous"))
-    unique = {stem: names[0] for stem, names in by_stem.items() if len(names) == 1}
-    return unique, by_stem.keys() - unique.keys()
+    try:
+        unique, shared = images_by_stem(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{role} folder {folder} does not exist or is not a folder") from None
+    for stem, names in shared.items():
+        problems.append(Problem(", ".join(names), f"{len(names)} {role} share the name {stem}: which one to score is ambiguous"))
+    return unique, set(shared)
 
 
 def _read(folder: str, name: str) -> np.ndarray:

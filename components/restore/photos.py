@@ -28,7 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from components.data.sources import ImageLimits, SkippedImage, read_photo
+from components.data.schema import holes_of_mask_image
+from components.data.sources import ImageLimits, SkippedImage, images_by_stem, read_photo
 from components.restore.alignment import FaceRegion, crop_face, face_region, paste_face
 from components.restore.model import Restorer, RestoreError
 
@@ -87,6 +88,45 @@ class _Pending:
     notes: list[str]
 
 
+class PhotoMasks:
+    """The holes (1 = missing) an inpainting model gets with each photo, from `--mask`: one mask
+    image for every photo, or a folder holding each photo's own, the image with the photo's file
+    stem (`a.jpg`'s is `a.png`), as `facerestore score --mask-dir` pairs files. A pixel is a hole
+    where the mask is white (`schema.holes_of_mask_image`). A single mask that cannot be read
+    stops the run; a photo whose mask is missing from the folder, shared by two files or
+    unreadable fails alone, naming it."""
+
+    def __init__(self, mask: str):
+        from components import storage
+
+        self.source = mask
+        self.folder = storage.is_dir(mask)
+        if self.folder:
+            self.by_stem, self.shared = images_by_stem(mask)
+        else:
+            self.every_photo = self._read(mask, mask)
+
+    def holes_for(self, photo_source: str) -> np.ndarray:
+        if not self.folder:
+            return self.every_photo
+        from components import storage
+
+        stem = photo_source.rpartition("/")[2].rpartition(".")[0] or photo_source.rpartition("/")[2]
+        if stem in self.shared:
+            raise RestoreError(f"masks {', '.join(self.shared[stem])} in {self.source} share this photo's name {stem}: "
+                               "which one is its mask is ambiguous")
+        if stem not in self.by_stem:
+            raise RestoreError(f"no mask named {stem}.* in {self.source}")
+        return self._read(storage.join(self.source, self.by_stem[stem]), self.by_stem[stem])
+
+    @staticmethod
+    def _read(uri: str, name: str) -> np.ndarray:
+        try:
+            return holes_of_mask_image(read_photo(uri))
+        except SkippedImage as err:
+            raise RestoreError(f"mask {name}: {err.reason}") from None
+
+
 def require_mask(restorer: Restorer, mask: object) -> None:
     """RestoreError naming --mask when an inpainting model gets no holes."""
     if restorer.task.needs_mask and mask is None:
@@ -118,16 +158,16 @@ class PhotoRestorer:
             self.detector = FaceDetector(options.detector_weights, min_face=min(DETECTOR_MIN_FACE, options.min_face),
                                          device=restorer.device)
 
-    def restore(self, sources: Iterable[str], mask: np.ndarray | None = None) -> Iterator[tuple[str, PhotoResult]]:
+    def restore(self, sources: Iterable[str], masks: PhotoMasks | None = None) -> Iterator[tuple[str, PhotoResult]]:
         """Each photo (a local path or store URI) with its result, in order; a photo that cannot be
-        restored is a failed result naming why, and the others go on. `mask`: {0, 1} holes for
-        every photo (inpainting). Photos are held until their faces fill a batch, or their pixels
-        reach GROUP_PIXELS, so big photos are not held many at a time."""
-        require_mask(self.restorer, mask)
+        restored is a failed result naming why, and the others go on. `masks`: each photo's holes
+        (inpainting). Photos are held until their faces fill a batch, or their pixels reach
+        GROUP_PIXELS, so big photos are not held many at a time."""
+        require_mask(self.restorer, masks)
         held: list[_Pending | PhotoResult] = []
         for source in sources:
             try:
-                held.append(self._prepare(source, mask))
+                held.append(self._prepare(source, masks.holes_for(source) if self.restorer.task.needs_mask else None))
             except (SkippedImage, RestoreError) as err:
                 held.append(PhotoResult(source, "failed", getattr(err, "reason", None) or str(err)))
             pending = [item for item in held if isinstance(item, _Pending)]

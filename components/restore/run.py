@@ -19,7 +19,7 @@ import numpy as np
 
 from components.restore.model import Restorer, RestoreError, load_restorer
 from components.restore.outputs import REPORT_COLUMNS, OutputFolder, Photo, ReportRow, find_photos
-from components.restore.photos import PhotoRestorer, RestoreOptions, require_mask
+from components.restore.photos import PhotoMasks, PhotoRestorer, RestoreOptions, require_mask
 
 PHOTOS_PER_TASK = 8  # photos an actor gets at a time, at most: enough to batch faces, fewer when few photos
 
@@ -128,17 +128,11 @@ def _skip_done(out: str, photos: list[Photo], rows: list[ReportRow]) -> tuple[Ou
     return folder, [p for p in photos if p.name not in done], rows
 
 
-def _read_mask(mask: str | None, restorer: Restorer) -> np.ndarray | None:
-    """{0, 1} H x W holes (1 = missing) of a mask image (`schema.holes_of_mask_image`: white = hole)."""
-    from components.data.schema import holes_of_mask_image
-    from components.data.sources import SkippedImage, read_photo
-
+def _read_mask(mask: str | None, restorer: Restorer) -> PhotoMasks | None:
+    """The photos' holes from `--mask` (a mask image, or a folder of one per photo), for a model that takes them."""
     if mask is None or not restorer.task.needs_mask:
         return None
-    try:
-        return holes_of_mask_image(read_photo(mask))
-    except SkippedImage as err:
-        raise RestoreError(f"mask {mask}: {err.reason}") from None
+    return PhotoMasks(mask)
 
 
 def _in_input_order(rows: list[ReportRow], photos: list[Photo]) -> list[ReportRow]:

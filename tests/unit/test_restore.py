@@ -4,6 +4,7 @@ import csv
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -183,6 +184,33 @@ def test_a_mask_of_another_size_fails_that_photo_naming_both_sizes(inpainting_di
     assert [(r.input.rpartition("/")[2], r.status) for r in summary.rows] == [("fits.png", "restored"),
                                                                               ("other_size.png", "failed")]
     assert "the mask is 40x40 but the photo is 40x48" in summary.rows[1].reason
+
+
+def test_a_mask_folder_gives_each_photo_its_own_mask_by_file_stem_and_a_photo_without_one_fails_alone(
+        inpainting_dir, tmp_path):
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    photos.mkdir(), masks.mkdir()
+    holes = {}
+    for k, name in enumerate(("a", "b", "c", "d")):
+        (photos / f"{name}.jpg").write_bytes(cv2.imencode(".jpg", photo(40, 40, seed=k))[1].tobytes())
+        holes[name] = np.zeros((40, 40), np.uint8)
+        holes[name][5 + 5 * k:15 + 5 * k, 10:30] = 1  # each photo's holes elsewhere
+    for name in ("a", "b"):
+        (masks / f"{name}.png").write_bytes(encode_png(holes[name] * 255))
+    (masks / "c.png").write_bytes(encode_png(holes["c"] * 255))
+    (masks / "c.jpg").write_bytes(cv2.imencode(".jpg", holes["c"] * 255)[1].tobytes())  # two masks named c
+    summary = restore_here(str(inpainting_dir), [str(photos)], str(tmp_path / "out"), ALIGNED, str(masks))
+    rows = {r.input.rpartition("/")[2]: r for r in summary.rows}
+    assert {name: row.status for name, row in rows.items()} == {"a.jpg": "restored", "b.jpg": "restored",
+                                                                 "c.jpg": "failed", "d.jpg": "failed"}
+    assert "masks c.jpg, c.png in" in rows["c.jpg"].reason and "ambiguous" in rows["c.jpg"].reason
+    assert rows["d.jpg"].reason == f"no mask named d.* in {masks}"
+    for name in ("a", "b"):  # the known pixels kept are those of that photo's own mask
+        given = cv2.imdecode(np.frombuffer((photos / f"{name}.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        out = decode_png(Path(rows[f"{name}.jpg"].output).read_bytes())
+        known = holes[name] == 0
+        assert np.array_equal(out[known], given[known])
+        assert not np.array_equal(out[holes[name] == 1], given[holes[name] == 1])
 
 
 def test_an_sr_model_writes_sr_factor_times_larger_and_refuses_an_output_over_the_limit(sr_dir, tmp_path):
