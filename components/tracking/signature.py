@@ -3,7 +3,8 @@
 A registered model takes what `restore` gets (`Task.inference_batch`: `lq` and `mask` for
 restoration and inpainting, `lr` for super-resolution), float32 NCHW in [0, 1] at the model's
 size (config.json `data.resolution`, over `sr_factor` for an SR input), the batch axis free
-(-1); it returns `restored`, whose shape is measured by restoring the input example once. So
+(-1); it returns `restored`, the model's `resolution`-sided RGB faces (what every restoring
+task writes, `components.restore.model.Restorer`). So
 MLflow can check what a client sends before the model sees it. A restoration model's `mask` is
 required there too: all zero for no holes, what `facerestore restore` feeds. The ONNX model a
 version may carry gets the same signature restricted to its graph's inputs (an input the network
@@ -26,10 +27,9 @@ EXAMPLE_GREY = 0.5
 def model_signature(model_dir: str) -> tuple[Any, dict[str, np.ndarray]] | None:
     """(ModelSignature, input example) of the model in `model_dir`; None for a model that takes no
     image (a GAN prior, a DRE: upstream material, nothing to send it)."""
-    from components.models.files import load_model_dir, read_model_config
+    from components.models.files import read_model_config
     from components.restore.model import model_inputs, model_sizes
     from components.tasks import task_named
-    from components.tracking.pyfunc_model import RestorationModel
 
     _, config = read_model_config(model_dir)
     task = task_named(config["task"])
@@ -37,9 +37,7 @@ def model_signature(model_dir: str) -> tuple[Any, dict[str, np.ndarray]] | None:
         return None
     resolution, sr_factor = model_sizes(model_dir, config, task)
     inputs = model_inputs(task, resolution // sr_factor)
-    example = input_example(inputs, task.needs_mask)
-    restored = RestorationModel(load_model_dir(model_dir)).predict(example)
-    return signature(inputs, restored.shape[1:]), example
+    return signature(inputs, (3, resolution, resolution)), input_example(inputs, task.needs_mask)
 
 
 def signature(inputs: dict[str, tuple[int, ...]], output: Iterable[int]) -> Any:
